@@ -1,0 +1,34 @@
+# Makefile for qes_sign (PGXS)
+
+MODULE_big = qes_sign
+OBJS = \
+	src/qes_sign.o \
+	src/crypto.o \
+	src/shmem.o \
+	src/status_machine.o \
+	src/audit.o \
+	src/callbacks.o \
+	src/webhook.o
+
+EXTENSION = qes_sign
+DATA = sql/qes_sign--1.0.sql
+PGFILEDESC = "qes_sign - qualified electronic signature workflows"
+
+# pg_regress suites (sql/*.sql, expected/*.out), in order
+REGRESS = install status_machine create_request actions apply_state \
+	audit callbacks webhooks security
+# isolation specs (specs/*.spec, expected/*.out)
+ISOLATION = concurrent_completion concurrent_audit
+REGRESS_OPTS = --temp-config=$(srcdir)/test/qes_sign.conf
+ISOLATION_OPTS = --temp-config=$(srcdir)/test/qes_sign.conf
+
+PG_CPPFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare -I$(srcdir)/src
+SHLIB_LINK = -lcrypto -lcurl
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+# used by test/run-all.sh, which runs the suites as an unprivileged user
+print-%:
+	@echo '$($*)'

@@ -1,0 +1,1079 @@
+/* qes_sign--1.0.sql: install script */
+
+\echo Use "CREATE EXTENSION qes_sign" to load this file. \quit
+
+-------------------------------------------------------------------------------
+-- Roles: the application (portal backend) and the operators.  Roles are
+-- cluster-wide, so a second database reuses them.
+-------------------------------------------------------------------------------
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'qes_sign_app') THEN
+        CREATE ROLE qes_sign_app NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'qes_sign_admin') THEN
+        CREATE ROLE qes_sign_admin NOLOGIN;
+    END IF;
+END
+$$;
+COMMENT ON ROLE qes_sign_app IS
+    'qes_sign: create, remind, withdraw and read the requests of the tenant in qes_sign.verwaltung';
+COMMENT ON ROLE qes_sign_admin IS
+    'qes_sign: operators; every tenant, operator views, administrative functions';
+
+GRANT USAGE ON SCHEMA qes_sign TO qes_sign_app, qes_sign_admin;
+
+-------------------------------------------------------------------------------
+-- Types and reference data
+-------------------------------------------------------------------------------
+CREATE TYPE anfrage_status AS ENUM
+    ('offen', 'in_signatur', 'vollstaendig', 'archiviert', 'abgebrochen');
+COMMENT ON TYPE anfrage_status IS 'Status of a signature request (see qes_sign.transitions)';
+
+-- open: invited; waiting: an earlier signer in the sequence has not signed;
+-- viewed: opened the signing page; replaced: taken out by replace_signer;
+-- error: Skribble reported ERROR for the signature.
+CREATE TYPE signer_status AS ENUM
+    ('open', 'waiting', 'viewed', 'signed', 'declined', 'withdrawn', 'replaced', 'error');
+COMMENT ON TYPE signer_status IS 'Status of one signer of a request';
+
+CREATE TABLE vorgangstypen (
+    vorgangstyp      text PRIMARY KEY CHECK (vorgangstyp ~ '^[a-z][a-z0-9_]*$'),
+    bezeichnung      text NOT NULL,
+    min_quality      text NOT NULL CHECK (min_quality IN ('QES', 'AES', 'AES_MINIMAL', 'SES')),
+    retention_years  int  NOT NULL CHECK (retention_years BETWEEN 0 AND 100),
+    retention_basis  text NOT NULL
+);
+COMMENT ON TABLE vorgangstypen IS
+    'Request types: minimum signature quality and retention rule (years after the end of the calendar year of completion)';
+
+INSERT INTO vorgangstypen VALUES
+    ('mietvertrag',        'Mietvertrag',          'QES', 10, '§ 550, § 126a BGB; § 257 Abs. 4, 5 HGB, § 147 Abs. 3, 4 AO'),
+    ('weg_beschluss',      'WEG-Beschluss',        'QES', 10, '§ 24 Abs. 6 WEG; § 257 HGB'),
+    ('hausmeistervertrag', 'Hausmeistervertrag',   'QES', 10, '§ 257 Abs. 1 Nr. 1, Abs. 4 HGB'),
+    ('aufhebungsvertrag',  'Aufhebungsvertrag',    'QES', 10, '§ 550, § 126a BGB; § 257 HGB'),
+    ('stellplatzvertrag',  'Stellplatzvertrag',    'QES',  6, '§ 257 Abs. 1 Nr. 2, 3, Abs. 4 HGB');
+
+-------------------------------------------------------------------------------
+-- Requests and signers
+-------------------------------------------------------------------------------
+CREATE TABLE signatur_anfragen (
+    id               uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    verwaltung       text NOT NULL CHECK (verwaltung <> ''),
+    vorgangstyp      text NOT NULL REFERENCES vorgangstypen,
+    title            text NOT NULL,
+    message          text,
+    document         bytea,                   -- NULL once purged
+    document_sha256  bytea NOT NULL,
+    document_size    int  NOT NULL,
+    ordered          boolean NOT NULL DEFAULT false,
+    quality          text NOT NULL,
+    legislation      text NOT NULL,
+    status           anfrage_status NOT NULL DEFAULT 'offen',
+    skribble_id      text UNIQUE,
+    document_id      text,                    -- Skribble's current document
+    skribble_status  text,                    -- last status_overall seen
+    created_by       text NOT NULL,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    sent_at          timestamptz,
+    first_viewed_at  timestamptz,
+    completed_at     timestamptz,             -- the last signature
+    archived_at      timestamptz,
+    cancelled_at     timestamptz,
+    cancel_reason    text,
+    expires_at       timestamptz NOT NULL,
+    retention_until  date,
+    restarted_from   uuid REFERENCES signatur_anfragen,
+    CHECK ((status = 'abgebrochen') = (cancelled_at IS NOT NULL))
+);
+CREATE INDEX ON signatur_anfragen (verwaltung, created_at);
+CREATE INDEX ON signatur_anfragen (status) WHERE status IN ('offen', 'in_signatur', 'vollstaendig');
+COMMENT ON TABLE signatur_anfragen IS 'One row per signature request; status changes are checked by qes_sign_status_guard';
+
+CREATE TABLE signers (
+    id               bigserial PRIMARY KEY,
+    request_id       uuid NOT NULL REFERENCES signatur_anfragen,
+    position         int  NOT NULL,           -- order given by the caller
+    email            text NOT NULL,
+    first_name       text NOT NULL,
+    last_name        text NOT NULL,
+    language         text CHECK (language IN ('de', 'en', 'fr', 'it')),
+    mobile           text,
+    sequence         int,
+    status           signer_status NOT NULL DEFAULT 'open',
+    skribble_status  text,                    -- raw status_code, also unknown ones
+    sid              text,
+    viewed_at        timestamptz,
+    signed_at        timestamptz,
+    declined_at      timestamptz,
+    decline_message  text,
+    signed_quality   text,
+    replaced_by      bigint REFERENCES signers
+);
+CREATE UNIQUE INDEX signers_current_email ON signers (request_id, lower(email))
+    WHERE status <> 'replaced';
+CREATE INDEX ON signers (request_id);
+COMMENT ON TABLE signers IS 'Signers of a request; replaced signers stay, marked replaced';
+
+-------------------------------------------------------------------------------
+-- Work for the background worker, and what the portal hands in
+-------------------------------------------------------------------------------
+CREATE TABLE work_items (
+    id               bigserial PRIMARY KEY,
+    request_id       uuid NOT NULL REFERENCES signatur_anfragen,
+    kind             text NOT NULL CHECK (kind IN
+                        ('submit', 'refresh', 'remind', 'withdraw', 'replace_signer', 'archive', 'expire')),
+    payload          jsonb NOT NULL DEFAULT '{}',
+    state            text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'done', 'failed')),
+    attempts         int  NOT NULL DEFAULT 0,
+    due_at           timestamptz NOT NULL DEFAULT now(),
+    leased_until     timestamptz,
+    last_error       text,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    finished_at      timestamptz
+);
+-- one pending item per request and kind (replacements may queue up)
+CREATE UNIQUE INDEX work_items_one_pending ON work_items (request_id, kind)
+    WHERE state = 'pending' AND kind <> 'replace_signer';
+CREATE INDEX work_items_due ON work_items (due_at) WHERE state = 'pending';
+COMMENT ON TABLE work_items IS 'Queue of the background worker (logged; claimed with FOR UPDATE SKIP LOCKED)';
+
+CREATE TABLE callback_inbox (
+    id                   bigserial PRIMARY KEY,
+    request_id           uuid,                -- NULL for a webhook that names none
+    callback_type        text,
+    source               text NOT NULL CHECK (source IN ('callback', 'webhook')),
+    signature_request_id text,
+    document_id          text,
+    signature_id         text,
+    webhook_id           text UNIQUE,
+    dedupe_key           text NOT NULL,
+    body                 bytea,
+    received_at          timestamptz NOT NULL DEFAULT now(),
+    processed_at         timestamptz
+);
+-- a callback repeated before the worker looked at it is stored once
+CREATE UNIQUE INDEX callback_inbox_dedupe ON callback_inbox (dedupe_key)
+    WHERE processed_at IS NULL;
+COMMENT ON TABLE callback_inbox IS 'Verified callbacks and webhooks: hints that make the worker fetch the state';
+
+CREATE TABLE archive_objects (
+    request_id       uuid NOT NULL REFERENCES signatur_anfragen,
+    kind             text NOT NULL CHECK (kind IN ('signed_pdf', 'protocol_pdf', 'protocol_json', 'record_json')),
+    bucket           text NOT NULL,
+    key              text NOT NULL,
+    sha256           bytea NOT NULL,
+    size             bigint NOT NULL,
+    content_type     text NOT NULL,
+    stored_at        timestamptz NOT NULL DEFAULT now(),
+    verified_at      timestamptz,
+    PRIMARY KEY (request_id, kind)
+);
+COMMENT ON TABLE archive_objects IS 'Objects of a request stored in the archive bucket, with their digests';
+
+-------------------------------------------------------------------------------
+-- Audit trail: append-only, hash-chained (see src/audit.c)
+-------------------------------------------------------------------------------
+CREATE TABLE audit_log (
+    seq              bigint PRIMARY KEY,
+    at               timestamptz NOT NULL,
+    request_id       uuid,
+    verwaltung       text,
+    event            text NOT NULL,
+    actor            text NOT NULL,
+    detail           jsonb NOT NULL DEFAULT '{}',
+    prev_hash        bytea NOT NULL,
+    hash             bytea NOT NULL
+);
+CREATE INDEX ON audit_log (request_id, seq);
+COMMENT ON TABLE audit_log IS
+    'Append-only audit trail; each entry''s hash chains to the previous one (qes_sign.verify_audit_chain)';
+
+CREATE TABLE audit_head (
+    singleton        boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    seq              bigint NOT NULL,
+    hash             bytea NOT NULL
+);
+COMMENT ON TABLE audit_head IS 'Head of the audit chain; its row lock orders concurrent writers';
+
+CREATE FUNCTION _audit_chain() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'qes_sign_audit_chain';
+CREATE FUNCTION _append_only() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'qes_sign_append_only';
+
+CREATE TRIGGER audit_chain BEFORE INSERT ON audit_log
+    FOR EACH ROW EXECUTE FUNCTION _audit_chain();
+CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit_log
+    FOR EACH ROW EXECUTE FUNCTION _append_only();
+CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION _append_only();
+CREATE TRIGGER head_no_truncate BEFORE TRUNCATE OR DELETE ON audit_head
+    FOR EACH STATEMENT EXECUTE FUNCTION _append_only();
+ALTER TABLE audit_log ENABLE ALWAYS TRIGGER audit_chain;
+ALTER TABLE audit_log ENABLE ALWAYS TRIGGER audit_append_only;
+ALTER TABLE audit_log ENABLE ALWAYS TRIGGER audit_no_truncate;
+ALTER TABLE audit_head ENABLE ALWAYS TRIGGER head_no_truncate;
+
+CREATE FUNCTION audit_hash(prev_hash bytea, seq bigint, at timestamptz, request_id uuid,
+                           verwaltung text, event text, actor text, detail jsonb)
+    RETURNS bytea LANGUAGE c IMMUTABLE PARALLEL SAFE
+    AS 'MODULE_PATHNAME', 'qes_sign_audit_hash';
+COMMENT ON FUNCTION audit_hash IS 'The hash an audit entry must carry, given the previous hash and its fields';
+
+-------------------------------------------------------------------------------
+-- Small C helpers
+-------------------------------------------------------------------------------
+CREATE FUNCTION clock() RETURNS timestamptz
+    LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'qes_sign_clock';
+COMMENT ON FUNCTION clock() IS 'qes_sign''s clock: now, or qes_sign.test_clock when a superuser set it';
+
+CREATE FUNCTION acting_role() RETURNS text
+    LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'qes_sign_acting_role';
+COMMENT ON FUNCTION acting_role() IS 'The role a call acts for (the session''s role, not a SECURITY DEFINER owner)';
+
+CREATE FUNCTION wake() RETURNS void
+    LANGUAGE c AS 'MODULE_PATHNAME', 'qes_sign_wake';
+COMMENT ON FUNCTION wake() IS 'Wakes the background workers now';
+
+CREATE FUNCTION _wake_at_commit() RETURNS void
+    LANGUAGE c AS 'MODULE_PATHNAME', 'qes_sign_wake_at_commit';
+
+CREATE FUNCTION counters(OUT name text, OUT value bigint) RETURNS SETOF record
+    LANGUAGE c AS 'MODULE_PATHNAME', 'qes_sign_counters';
+
+CREATE FUNCTION transitions_c(OUT from_status text, OUT to_status text, OUT requires text)
+    RETURNS SETOF record LANGUAGE c IMMUTABLE AS 'MODULE_PATHNAME', 'qes_sign_transitions';
+CREATE VIEW transitions AS
+    SELECT from_status::anfrage_status, to_status::anfrage_status, requires FROM transitions_c();
+COMMENT ON VIEW transitions IS 'The status machine: every allowed transition and its prerequisite';
+
+CREATE FUNCTION callback_url(id uuid, type text) RETURNS text
+    LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'qes_sign_callback_url';
+CREATE FUNCTION _verify_callback(url text,
+        OUT request_id uuid, OUT callback_type text, OUT signature_request_id text,
+        OUT document_id text, OUT signature_id text)
+    LANGUAGE c AS 'MODULE_PATHNAME', 'qes_sign_verify_callback';
+CREATE FUNCTION _verify_webhook(webhook_id text, webhook_timestamp text,
+                                webhook_signature text, body bytea) RETURNS void
+    LANGUAGE c AS 'MODULE_PATHNAME', 'qes_sign_verify_webhook';
+
+-------------------------------------------------------------------------------
+-- Status machine and signer events
+-------------------------------------------------------------------------------
+CREATE FUNCTION _status_guard() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'qes_sign_status_guard';
+CREATE TRIGGER status_guard BEFORE INSERT OR UPDATE ON signatur_anfragen
+    FOR EACH ROW EXECUTE FUNCTION _status_guard();
+ALTER TABLE signatur_anfragen ENABLE ALWAYS TRIGGER status_guard;
+
+-- _emit writes an audit entry for a request and notifies channel qes_sign;
+-- both take effect at commit, or not at all.
+CREATE FUNCTION _emit(p_id uuid, p_event text, p_detail jsonb DEFAULT '{}',
+                      p_verwaltung text DEFAULT NULL, p_status anfrage_status DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, qes_sign AS $$
+BEGIN
+    IF p_verwaltung IS NULL THEN
+        SELECT verwaltung, status INTO p_verwaltung, p_status
+          FROM signatur_anfragen WHERE id = p_id;
+    END IF;
+    INSERT INTO audit_log (request_id, verwaltung, event, detail)
+    VALUES (p_id, p_verwaltung, p_event, coalesce(p_detail, '{}'));
+    PERFORM pg_notify('qes_sign', (jsonb_build_object(
+        'id', p_id, 'verwaltung', p_verwaltung, 'status', p_status, 'event', p_event)
+        || jsonb_strip_nulls(jsonb_build_object(
+            'signer', p_detail -> 'signer', 'reason', p_detail -> 'reason')))::text);
+END
+$$;
+
+CREATE FUNCTION _on_status_change() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, qes_sign AS $$
+BEGIN
+    PERFORM _emit(NEW.id, 'status_' || NEW.status,
+                  jsonb_build_object('from', OLD.status, 'to', NEW.status)
+                  || jsonb_strip_nulls(jsonb_build_object('reason', NEW.cancel_reason)),
+                  NEW.verwaltung, NEW.status);
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER status_events AFTER UPDATE OF status ON signatur_anfragen
+    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
+    EXECUTE FUNCTION _on_status_change();
+ALTER TABLE signatur_anfragen ENABLE ALWAYS TRIGGER status_events;
+
+-- every change of a signer's status is an event (replacements are told by
+-- replace_signer itself, with both addresses)
+CREATE FUNCTION _on_signer_change() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, qes_sign AS $$
+BEGIN
+    IF NEW.status <> 'replaced' THEN
+        PERFORM _emit(NEW.request_id, 'signer_' || NEW.status,
+                      jsonb_strip_nulls(jsonb_build_object(
+                          'signer', NEW.email, 'sid', NEW.sid, 'previous', OLD.status,
+                          'at', CASE NEW.status WHEN 'signed' THEN NEW.signed_at
+                                                WHEN 'viewed' THEN NEW.viewed_at
+                                                WHEN 'declined' THEN NEW.declined_at END,
+                          'message', NEW.decline_message)));
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER signer_events AFTER UPDATE OF status ON signers
+    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
+    EXECUTE FUNCTION _on_signer_change();
+ALTER TABLE signers ENABLE ALWAYS TRIGGER signer_events;
+
+-------------------------------------------------------------------------------
+-- Validation (SQL holds the rules; errors name the field in COLUMN)
+-------------------------------------------------------------------------------
+CREATE FUNCTION _invalid(p_field text, p_message text, p_detail text DEFAULT NULL,
+                         p_code text DEFAULT '22023', p_hint text DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    msg text := p_field || ' ' || p_message;
+BEGIN
+    -- RAISE takes no NULL options, hence the four shapes
+    IF p_detail IS NULL AND p_hint IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = p_code, COLUMN = p_field, MESSAGE = msg;
+    ELSIF p_hint IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = p_code, COLUMN = p_field, MESSAGE = msg, DETAIL = p_detail;
+    ELSIF p_detail IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = p_code, COLUMN = p_field, MESSAGE = msg, HINT = p_hint;
+    ELSE
+        RAISE EXCEPTION USING ERRCODE = p_code, COLUMN = p_field, MESSAGE = msg,
+            DETAIL = p_detail, HINT = p_hint;
+    END IF;
+END
+$$;
+
+CREATE FUNCTION _check_document(p_document bytea) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    n int := length(p_document);
+BEGIN
+    IF p_document IS NULL OR n = 0 THEN
+        PERFORM _invalid('document', 'is empty', p_code => '22004');
+    ELSIF n > 40 * 1024 * 1024 THEN
+        PERFORM _invalid('document', 'is too large',
+            format('The document has %s bytes; Skribble accepts at most 40 MB (41943040 bytes).', n),
+            '54000');
+    ELSIF substring(p_document FROM 1 FOR 5) <> '\x255044462d'::bytea THEN
+        PERFORM _invalid('document', 'is not a PDF', 'A PDF starts with "%PDF-".');
+    ELSIF position('\x2525454f46'::bytea IN substring(p_document FROM greatest(1, n - 1023))) = 0 THEN
+        PERFORM _invalid('document', 'is not a complete PDF',
+            'No "%%EOF" marker in the last 1024 bytes: the file is truncated.');
+    END IF;
+END
+$$;
+
+-- _check_signer validates one signer object and returns it normalised
+-- (trimmed names, lower-case address).
+CREATE FUNCTION _check_signer(s jsonb, field text, ordered boolean) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    k text;
+    v text;
+BEGIN
+    IF jsonb_typeof(s) IS DISTINCT FROM 'object' THEN
+        PERFORM _invalid(field, 'must be a JSON object');
+    END IF;
+    FOR k IN SELECT jsonb_object_keys(s) LOOP
+        IF k NOT IN ('first_name', 'last_name', 'email', 'language', 'mobile', 'sequence') THEN
+            PERFORM _invalid(field || '.' || k, 'is not a known signer field',
+                p_hint => 'Use first_name, last_name, email, language, mobile, sequence.');
+        END IF;
+    END LOOP;
+    FOREACH k IN ARRAY ARRAY['first_name', 'last_name', 'email'] LOOP
+        IF jsonb_typeof(s -> k) IS DISTINCT FROM 'string' OR btrim(s ->> k) = '' THEN
+            PERFORM _invalid(field || '.' || k, 'must be a non-empty string');
+        END IF;
+        IF length(s ->> k) > 200 THEN
+            PERFORM _invalid(field || '.' || k, 'is longer than 200 characters');
+        END IF;
+    END LOOP;
+    v := btrim(s ->> 'email');
+    IF v !~ '^[A-Za-z0-9.!#$%&''*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$'
+       OR length(v) > 254 OR v ~ '\.\.' THEN
+        PERFORM _invalid(field || '.email', 'is not a valid e-mail address',
+            format('The value is %s.', to_jsonb(v)));
+    END IF;
+    IF s ? 'language' AND (jsonb_typeof(s -> 'language') IS DISTINCT FROM 'string'
+                           OR s ->> 'language' NOT IN ('de', 'en', 'fr', 'it')) THEN
+        PERFORM _invalid(field || '.language', 'must be one of de, en, fr, it');
+    END IF;
+    IF s ? 'mobile' AND (jsonb_typeof(s -> 'mobile') IS DISTINCT FROM 'string'
+                         OR s ->> 'mobile' !~ '^\+?[0-9][0-9 ]{5,19}$') THEN
+        PERFORM _invalid(field || '.mobile', 'is not a valid mobile number',
+            p_hint => 'Use international format, e.g. +49 151 12345678.');
+    END IF;
+    IF s ? 'sequence' AND (jsonb_typeof(s -> 'sequence') IS DISTINCT FROM 'number'
+                           OR s ->> 'sequence' !~ '^[0-9]+$'
+                           OR (s ->> 'sequence')::numeric NOT BETWEEN 1 AND 50) THEN
+        PERFORM _invalid(field || '.sequence', 'must be an integer from 1 to 50');
+    END IF;
+    IF ordered AND NOT s ? 'sequence' THEN
+        PERFORM _invalid(field || '.sequence', 'is required when ordered is true');
+    END IF;
+    RETURN jsonb_strip_nulls(jsonb_build_object(
+        'first_name', btrim(s ->> 'first_name'), 'last_name', btrim(s ->> 'last_name'),
+        'email', lower(v), 'language', s ->> 'language',
+        'mobile', s ->> 'mobile', 'sequence', (s ->> 'sequence')::int));
+END
+$$;
+
+CREATE FUNCTION _check_signers(signers jsonb, ordered boolean) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    result jsonb := '[]';
+    s jsonb;
+    i int := 0;
+    dup text;
+BEGIN
+    IF jsonb_typeof(signers) IS DISTINCT FROM 'array' THEN
+        PERFORM _invalid('signers', 'must be a JSON array of signer objects');
+    END IF;
+    IF jsonb_array_length(signers) NOT BETWEEN 1 AND 50 THEN
+        PERFORM _invalid('signers', 'must list 1 to 50 signers',
+            format('%s signers were given.', jsonb_array_length(signers)));
+    END IF;
+    FOR s IN SELECT * FROM jsonb_array_elements(signers) LOOP
+        result := result || jsonb_build_array(
+            _check_signer(s, format('signers[%s]', i), ordered));
+        i := i + 1;
+    END LOOP;
+    SELECT e ->> 'email' INTO dup FROM jsonb_array_elements(result) e
+     GROUP BY 1 HAVING count(*) > 1 LIMIT 1;
+    IF dup IS NOT NULL THEN
+        PERFORM _invalid('signers', 'lists an e-mail address twice',
+            format('%s appears more than once.', to_jsonb(dup)), '23505');
+    END IF;
+    RETURN result;
+END
+$$;
+
+-------------------------------------------------------------------------------
+-- Access: tenant of the session, and locating a request for an action
+-------------------------------------------------------------------------------
+CREATE FUNCTION _is_admin() RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT pg_has_role(acting_role(), 'qes_sign_admin', 'MEMBER')
+$$;
+
+-- _check_tenant: an application session acts only for its own tenant
+CREATE FUNCTION _check_tenant(p_verwaltung text) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    mine text := current_setting('qes_sign.verwaltung', true);
+BEGIN
+    IF _is_admin() THEN
+        RETURN;
+    END IF;
+    IF coalesce(mine, '') = '' THEN
+        RAISE EXCEPTION 'qes_sign.verwaltung is not set' USING ERRCODE = '42501',
+            HINT = 'The application sets its tenant with SET qes_sign.verwaltung = ''...''.';
+    END IF;
+    IF mine <> p_verwaltung THEN
+        RAISE EXCEPTION 'verwaltung "%" is not the tenant of this session', p_verwaltung
+            USING ERRCODE = '42501', COLUMN = 'verwaltung';
+    END IF;
+END
+$$;
+
+-- _lock_request locks a request the caller may act on; another tenant's
+-- request reads as missing
+CREATE FUNCTION _lock_request(p_id uuid) RETURNS signatur_anfragen
+LANGUAGE plpgsql AS $$
+DECLARE
+    r signatur_anfragen;
+BEGIN
+    SELECT * INTO r FROM signatur_anfragen WHERE id = p_id FOR UPDATE;
+    IF NOT FOUND OR (NOT _is_admin()
+                     AND r.verwaltung IS DISTINCT FROM current_setting('qes_sign.verwaltung', true)) THEN
+        RAISE EXCEPTION 'signature request % does not exist', p_id
+            USING ERRCODE = 'P0002', COLUMN = 'id';
+    END IF;
+    RETURN r;
+END
+$$;
+
+CREATE FUNCTION _require_status(r signatur_anfragen, p_action text, VARIADIC p_allowed anfrage_status[])
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT r.status = ANY (p_allowed) THEN
+        RAISE EXCEPTION 'cannot % signature request % in status "%"', p_action, r.id, r.status
+            USING ERRCODE = '55000',
+                  DETAIL = format('%s needs status %s.', p_action, array_to_string(p_allowed, ' or '));
+    END IF;
+END
+$$;
+
+CREATE FUNCTION _enqueue(p_id uuid, p_kind text, p_payload jsonb DEFAULT '{}')
+RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO work_items (request_id, kind, payload) VALUES (p_id, p_kind, p_payload)
+    ON CONFLICT (request_id, kind) WHERE state = 'pending' AND kind <> 'replace_signer'
+    DO NOTHING;
+    PERFORM _wake_at_commit();
+    RETURN FOUND;
+END
+$$;
+
+-------------------------------------------------------------------------------
+-- The API
+-------------------------------------------------------------------------------
+CREATE FUNCTION create_request(verwaltung text, title text, document bytea, signers jsonb,
+                               message text DEFAULT NULL,
+                               vorgangstyp text DEFAULT 'mietvertrag',
+                               ordered boolean DEFAULT false,
+                               expires_in interval DEFAULT NULL,
+                               restarted_from uuid DEFAULT NULL)
+RETURNS uuid LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, qes_sign AS $$
+DECLARE
+    t vorgangstypen;
+    list jsonb;
+    new_id uuid := gen_random_uuid();
+    lifetime interval := coalesce(expires_in,
+        make_interval(secs => (SELECT setting::bigint FROM pg_settings WHERE name = 'qes_sign.expiry')));
+BEGIN
+    IF verwaltung IS NULL OR btrim(verwaltung) = '' THEN
+        PERFORM _invalid('verwaltung', 'must be a non-empty string', p_code => '22004');
+    END IF;
+    PERFORM _check_tenant(verwaltung);
+    IF title IS NULL OR btrim(title) = '' THEN
+        PERFORM _invalid('title', 'must be a non-empty string', p_code => '22004');
+    ELSIF length(title) > 500 THEN
+        PERFORM _invalid('title', 'is longer than 500 characters');
+    END IF;
+    IF length(message) > 5000 THEN
+        PERFORM _invalid('message', 'is longer than 5000 characters');
+    END IF;
+    SELECT * INTO t FROM vorgangstypen v WHERE v.vorgangstyp = create_request.vorgangstyp;
+    IF NOT FOUND THEN
+        PERFORM _invalid('vorgangstyp', 'is not a known request type',
+            format('The value is %s.', to_jsonb(create_request.vorgangstyp)),
+            p_hint => (SELECT 'Known types: ' || string_agg(v.vorgangstyp, ', ' ORDER BY 1) FROM vorgangstypen v));
+    END IF;
+    IF ordered IS NULL THEN
+        PERFORM _invalid('ordered', 'must be true or false', p_code => '22004');
+    END IF;
+    IF lifetime <= interval '0' OR lifetime > interval '365 days' THEN
+        PERFORM _invalid('expires_in', 'must be between 0 and 365 days');
+    END IF;
+    PERFORM _check_document(document);
+    list := _check_signers(signers, ordered);
+
+    INSERT INTO signatur_anfragen (id, verwaltung, vorgangstyp, title, message, document,
+                                   document_sha256, document_size, ordered, quality, legislation,
+                                   created_by, created_at, expires_at, restarted_from)
+    VALUES (new_id, verwaltung, t.vorgangstyp, btrim(title), message, document,
+            sha256(document), length(document), ordered, t.min_quality,
+            current_setting('qes_sign.legislation'), acting_role(), clock(), clock() + lifetime,
+            restarted_from);
+    INSERT INTO qes_sign.signers (request_id, position, email, first_name, last_name,
+                                  language, mobile, sequence)
+    SELECT new_id, ord - 1, s ->> 'email', s ->> 'first_name', s ->> 'last_name',
+           s ->> 'language', s ->> 'mobile', (s ->> 'sequence')::int
+      FROM jsonb_array_elements(list) WITH ORDINALITY AS e(s, ord);
+
+    PERFORM _emit(new_id, 'created', jsonb_strip_nulls(jsonb_build_object(
+        'vorgangstyp', t.vorgangstyp, 'title', btrim(title), 'signers', jsonb_array_length(list),
+        'document_sha256', encode(sha256(document), 'hex'), 'document_size', length(document),
+        'restarted_from', restarted_from)), verwaltung, 'offen');
+    PERFORM _enqueue(new_id, 'submit');
+    RETURN new_id;
+END
+$$;
+COMMENT ON FUNCTION create_request IS
+    'Creates a signature request (status offen) and queues it for Skribble; validates document and signers';
+
+CREATE FUNCTION remind(id uuid) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, qes_sign AS $$
+DECLARE
+    r signatur_anfragen := _lock_request(id);
+BEGIN
+    PERFORM _require_status(r, 'remind', 'offen', 'in_signatur');
+    IF NOT EXISTS (SELECT FROM signers s WHERE s.request_id = r.id
+                   AND s.status IN ('open', 'waiting', 'viewed')) THEN
+        RAISE EXCEPTION 'signature request % has nobody left to remind', r.id USING ERRCODE = '55000';
+    END IF;
+    IF _enqueue(r.id, 'remind') THEN
+        PERFORM _emit(r.id, 'remind_requested');
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION remind(uuid) IS 'Queues a manual reminder to the signers who have not signed';
+
+CREATE FUNCTION withdraw(id uuid, reason text DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, qes_sign AS $$
+DECLARE
+    r signatur_anfragen := _lock_request(id);
+BEGIN
+    PERFORM _require_status(r, 'withdraw', 'offen', 'in_signatur');
+    IF length(reason) > 2048 THEN
+        PERFORM _invalid('reason', 'is longer than 2048 characters');
+    END IF;
+    IF NOT _enqueue(r.id, 'withdraw', jsonb_strip_nulls(jsonb_build_object('reason', reason))) THEN
+        RAISE EXCEPTION 'signature request % is already being withdrawn', r.id USING ERRCODE = '55000';
+    END IF;
+    PERFORM _emit(r.id, 'withdraw_requested', jsonb_strip_nulls(jsonb_build_object('reason', reason)));
+END
+$$;
+COMMENT ON FUNCTION withdraw(uuid, text) IS
+    'Queues the withdrawal at Skribble; the request becomes abgebrochen once Skribble confirms';
+
+CREATE FUNCTION replace_signer(id uuid, old_email text, new_signer jsonb) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, qes_sign AS $$
+DECLARE
+    r signatur_anfragen := _lock_request(id);
+    prev signers;
+    n jsonb;
+    new_id bigint;
+BEGIN
+    PERFORM _require_status(r, 'replace a signer of', 'offen', 'in_signatur');
+    SELECT * INTO prev FROM signers s
+     WHERE s.request_id = r.id AND lower(s.email) = lower(btrim(old_email)) AND s.status <> 'replaced';
+    IF NOT FOUND THEN
+        PERFORM _invalid('old_email', 'is not a signer of this request',
+            format('The value is %s.', to_jsonb(old_email)), 'P0002');
+    END IF;
+    IF prev.status IN ('signed', 'declined') THEN
+        RAISE EXCEPTION 'cannot replace signer % who has already %', prev.email, prev.status
+            USING ERRCODE = '55000', COLUMN = 'old_email';
+    END IF;
+    n := _check_signer(new_signer, 'new_signer', r.ordered);
+    UPDATE signers s SET status = 'replaced' WHERE s.id = prev.id;
+    IF EXISTS (SELECT FROM signers s WHERE s.request_id = r.id AND s.status <> 'replaced'
+               AND lower(s.email) = n ->> 'email') THEN
+        PERFORM _invalid('new_signer.email', 'is already a signer of this request',
+            format('The value is %s.', to_jsonb(n ->> 'email')), '23505');
+    END IF;
+    INSERT INTO signers (request_id, position, email, first_name, last_name, language, mobile, sequence)
+    VALUES (r.id, prev.position, n ->> 'email', n ->> 'first_name', n ->> 'last_name',
+            n ->> 'language', n ->> 'mobile', coalesce((n ->> 'sequence')::int, prev.sequence))
+    RETURNING signers.id INTO new_id;
+    UPDATE signers s SET replaced_by = new_id WHERE s.id = prev.id;
+    PERFORM _emit(r.id, 'signer_replaced', jsonb_build_object('signer', prev.email, 'by', n ->> 'email'));
+    PERFORM _enqueue(r.id, 'replace_signer', jsonb_build_object('old_signer', prev.id, 'new_signer', new_id,
+                                                               'old_sid', prev.sid));
+END
+$$;
+COMMENT ON FUNCTION replace_signer(uuid, text, jsonb) IS
+    'Replaces a signer who has not signed (e.g. a wrong address); queued for Skribble';
+
+CREATE FUNCTION restart(id uuid) RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, qes_sign AS $$
+DECLARE
+    r signatur_anfragen := _lock_request(id);
+BEGIN
+    PERFORM _require_status(r, 'restart', 'abgebrochen');
+    IF r.document IS NULL THEN
+        RAISE EXCEPTION 'signature request % has no document any more', r.id USING ERRCODE = '55000';
+    END IF;
+    RETURN create_request(r.verwaltung, r.title, r.document,
+        (SELECT jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
+                    'first_name', s.first_name, 'last_name', s.last_name, 'email', s.email,
+                    'language', s.language, 'mobile', s.mobile, 'sequence', s.sequence))
+                 ORDER BY s.position)
+           FROM signers s WHERE s.request_id = r.id AND s.status <> 'replaced'),
+        message => r.message, vorgangstyp => r.vorgangstyp, ordered => r.ordered,
+        restarted_from => r.id);
+END
+$$;
+COMMENT ON FUNCTION restart(uuid) IS 'Creates a new request with the document and signers of an abgebrochen one';
+
+-------------------------------------------------------------------------------
+-- Applying Skribble's state (a SignatureRequest exactly as the API returns it)
+-------------------------------------------------------------------------------
+
+-- _signer_status maps a Skribble status_code to a signer status; NULL for a
+-- code this version does not know (it is recorded, not fatal)
+CREATE FUNCTION _signer_status(status_code text, viewed boolean) RETURNS signer_status
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE status_code
+        WHEN 'OPEN'      THEN CASE WHEN viewed THEN 'viewed' ELSE 'open' END
+        WHEN 'WAITING'   THEN 'waiting'
+        WHEN 'SIGNED'    THEN 'signed'
+        WHEN 'DECLINED'  THEN 'declined'
+        WHEN 'WITHDRAWN' THEN 'withdrawn'
+        WHEN 'ERROR'     THEN 'error'
+    END::signer_status
+$$;
+
+-- _apply_signature updates the local signer matching one Skribble signature
+-- (by sid, else by signer_identity_data.email_address; never account_email)
+CREATE FUNCTION _apply_signature(p_request uuid, sig jsonb) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    s signers;
+    email text := lower(sig #>> '{signer_identity_data,email_address}');
+    viewed timestamptz := (sig ->> 'last_viewed_at')::timestamptz;
+    new_status signer_status;
+BEGIN
+    SELECT * INTO s FROM signers x
+     WHERE x.request_id = p_request AND x.sid = sig ->> 'sid';
+    IF NOT FOUND THEN
+        SELECT * INTO s FROM signers x
+         WHERE x.request_id = p_request AND x.status <> 'replaced'
+           AND lower(x.email) = email AND x.sid IS NULL;
+    END IF;
+    IF NOT FOUND OR s.status = 'replaced' THEN
+        RETURN;  -- not ours (or taken out locally): nothing to apply
+    END IF;
+    new_status := coalesce(_signer_status(sig ->> 'status_code',
+                                          viewed IS NOT NULL OR s.viewed_at IS NOT NULL),
+                           s.status);
+    UPDATE signers x SET
+        sid             = sig ->> 'sid',
+        skribble_status = sig ->> 'status_code',
+        viewed_at       = coalesce(x.viewed_at, viewed),
+        signed_at       = coalesce((sig ->> 'signed_at')::timestamptz, x.signed_at),
+        declined_at     = CASE WHEN new_status = 'declined'
+                               THEN coalesce(x.declined_at, clock()) END,
+        decline_message = coalesce(sig ->> 'decline_message', x.decline_message),
+        signed_quality  = coalesce(sig ->> 'signed_quality', x.signed_quality),
+        status          = new_status
+     WHERE x.id = s.id
+       AND (x.sid, x.skribble_status, x.viewed_at, x.signed_at, x.decline_message,
+            x.signed_quality, x.status)
+           IS DISTINCT FROM
+           (sig ->> 'sid', sig ->> 'status_code', coalesce(x.viewed_at, viewed),
+            coalesce((sig ->> 'signed_at')::timestamptz, x.signed_at),
+            coalesce(sig ->> 'decline_message', x.decline_message),
+            coalesce(sig ->> 'signed_quality', x.signed_quality), new_status);
+    IF FOUND AND _signer_status(sig ->> 'status_code', true) IS NULL THEN
+        PERFORM _emit(p_request, 'unknown_signer_status',
+                      jsonb_build_object('signer', s.email, 'status_code', sig ->> 'status_code'));
+    END IF;
+END
+$$;
+
+-- _target_status decides the request's status from its signers and
+-- Skribble's status_overall; NULL means no change
+CREATE FUNCTION _target_status(r signatur_anfragen, overall text, OUT status anfrage_status, OUT reason text)
+LANGUAGE sql STABLE AS $$
+    WITH s AS (
+        SELECT count(*) AS total,
+               count(*) FILTER (WHERE x.status = 'signed') AS signed,
+               count(*) FILTER (WHERE x.status IN ('viewed', 'signed') OR x.viewed_at IS NOT NULL) AS seen,
+               string_agg(x.email || coalesce(': ' || x.decline_message, ''), '; ')
+                   FILTER (WHERE x.status = 'declined') AS declined
+          FROM qes_sign.signers x WHERE x.request_id = r.id AND x.status <> 'replaced')
+    SELECT CASE
+             WHEN s.declined IS NOT NULL OR overall = 'DECLINED' THEN 'abgebrochen'
+             WHEN overall IN ('WITHDRAWN', 'EXPIRED', 'ERROR')   THEN 'abgebrochen'
+             WHEN s.total > 0 AND s.signed = s.total             THEN 'vollstaendig'
+             WHEN s.seen > 0 AND r.status = 'offen'              THEN 'in_signatur'
+           END::qes_sign.anfrage_status,
+           CASE
+             WHEN s.declined IS NOT NULL THEN 'declined by ' || s.declined
+             WHEN overall = 'DECLINED'   THEN 'declined'
+             WHEN overall = 'WITHDRAWN'  THEN 'withdrawn'
+             WHEN overall = 'EXPIRED'    THEN 'expired'
+             WHEN overall = 'ERROR'      THEN 'error at Skribble'
+           END
+      FROM s
+$$;
+
+CREATE FUNCTION apply_signature_request(id uuid, sr jsonb) RETURNS anfrage_status
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, qes_sign AS $$
+DECLARE
+    r signatur_anfragen;
+    sig jsonb;
+    target record;
+    overall text := sr ->> 'status_overall';
+BEGIN
+    SELECT * INTO r FROM signatur_anfragen a WHERE a.id = apply_signature_request.id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'signature request % does not exist', id USING ERRCODE = 'P0002';
+    END IF;
+    IF jsonb_typeof(sr) IS DISTINCT FROM 'object' OR jsonb_typeof(sr -> 'id') IS DISTINCT FROM 'string'
+       OR jsonb_typeof(sr -> 'signatures') IS DISTINCT FROM 'array' THEN
+        PERFORM _invalid('sr', 'is not a Skribble SignatureRequest',
+            'It needs a string "id" and an array "signatures".');
+    END IF;
+    IF r.skribble_id IS DISTINCT FROM sr ->> 'id' AND r.skribble_id IS NOT NULL THEN
+        PERFORM _invalid('sr.id', 'belongs to another Skribble request',
+            format('The request is %s at Skribble, the state is of %s.', r.skribble_id, sr ->> 'id'));
+    END IF;
+    IF sr ? 'custom' AND sr ->> 'custom' IS DISTINCT FROM r.id::text AND coalesce(sr ->> 'custom', '') <> '' THEN
+        PERFORM _invalid('sr.custom', 'names another request', format('custom is %s.', to_jsonb(sr ->> 'custom')));
+    END IF;
+    IF r.status IN ('archiviert', 'abgebrochen') THEN
+        RETURN r.status;  -- final: later news from Skribble changes nothing
+    END IF;
+
+    IF r.skribble_id IS NULL THEN
+        UPDATE signatur_anfragen a SET skribble_id = sr ->> 'id',
+               sent_at = coalesce(a.sent_at, (sr ->> 'created_at')::timestamptz, clock())
+         WHERE a.id = r.id;
+        PERFORM _emit(r.id, 'sent', jsonb_build_object('skribble_id', sr ->> 'id'));
+    END IF;
+    UPDATE signatur_anfragen a SET document_id = sr ->> 'document_id', skribble_status = overall
+     WHERE a.id = r.id AND (a.document_id, a.skribble_status)
+           IS DISTINCT FROM (sr ->> 'document_id', overall);
+    IF FOUND AND overall NOT IN ('OPEN', 'SIGNED', 'DECLINED', 'WITHDRAWN', 'ERROR', 'EXPIRED') THEN
+        PERFORM _emit(r.id, 'unknown_status', jsonb_build_object('status_overall', overall));
+    END IF;
+
+    FOR sig IN SELECT * FROM jsonb_array_elements(sr -> 'signatures') LOOP
+        PERFORM _apply_signature(r.id, sig);
+    END LOOP;
+
+    SELECT * INTO target FROM _target_status(r, overall);
+    RETURN _transition(r.id, target.status, target.reason);
+END
+$$;
+COMMENT ON FUNCTION apply_signature_request(uuid, jsonb) IS
+    'Applies a Skribble SignatureRequest (as GET /signature-requests/{id} returns it); idempotent';
+
+-- _transition moves a request to a new status with its timestamps, and
+-- queues what follows (archive after completion)
+CREATE FUNCTION _transition(p_id uuid, p_to anfrage_status, p_reason text DEFAULT NULL)
+RETURNS anfrage_status LANGUAGE plpgsql AS $$
+DECLARE
+    r signatur_anfragen;
+BEGIN
+    SELECT * INTO r FROM signatur_anfragen WHERE id = p_id;
+    IF p_to IS NULL OR p_to = r.status THEN
+        RETURN r.status;
+    END IF;
+    UPDATE signatur_anfragen a SET
+        status          = p_to,
+        first_viewed_at = CASE WHEN p_to = 'in_signatur' THEN coalesce(a.first_viewed_at,
+                              (SELECT min(coalesce(viewed_at, signed_at)) FROM signers
+                                WHERE request_id = p_id), clock()) ELSE a.first_viewed_at END,
+        completed_at    = CASE WHEN p_to = 'vollstaendig' THEN coalesce(
+                              (SELECT max(signed_at) FROM signers
+                                WHERE request_id = p_id AND status = 'signed'), clock())
+                              ELSE a.completed_at END,
+        cancelled_at    = CASE WHEN p_to = 'abgebrochen' THEN clock() ELSE a.cancelled_at END,
+        cancel_reason   = CASE WHEN p_to = 'abgebrochen' THEN p_reason ELSE a.cancel_reason END
+     WHERE a.id = p_id;
+    IF p_to = 'vollstaendig' THEN
+        PERFORM _enqueue(p_id, 'archive');
+    END IF;
+    RETURN p_to;
+END
+$$;
+
+-------------------------------------------------------------------------------
+-- Callbacks and webhooks (verification in C: src/callbacks.c, src/webhook.c)
+-------------------------------------------------------------------------------
+CREATE FUNCTION callback_urls(id uuid) RETURNS jsonb
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, qes_sign AS $$
+    SELECT jsonb_build_object(
+        'callback_success_url', callback_url(id, 'success'),
+        'callback_update_url',  callback_url(id, 'update'),
+        'callback_error_url',   callback_url(id, 'error'))
+$$;
+COMMENT ON FUNCTION callback_urls(uuid) IS
+    'The three signed callback URLs handed to Skribble for a request (placeholders left in)';
+
+CREATE FUNCTION _count(p_counter text) RETURNS void
+    LANGUAGE c AS 'MODULE_PATHNAME', 'qes_sign_count';
+CREATE FUNCTION _reject(p_counter text, p_message text) RETURNS void
+    LANGUAGE c AS 'MODULE_PATHNAME', 'qes_sign_reject';
+
+CREATE TYPE callback_receipt AS (request_id uuid, callback_type text, duplicate boolean);
+
+-- _take_callback stores a verified callback (once while unprocessed) and
+-- wakes the worker at commit
+CREATE FUNCTION _take_callback(p_source text, p_request uuid, p_type text, p_sr text, p_doc text,
+                               p_sig text, p_webhook_id text, p_body bytea)
+RETURNS callback_receipt LANGUAGE plpgsql AS $$
+DECLARE
+    stored boolean;
+BEGIN
+    INSERT INTO callback_inbox (request_id, callback_type, source, signature_request_id,
+                                document_id, signature_id, webhook_id, dedupe_key, body)
+    VALUES (p_request, p_type, p_source, p_sr, p_doc, p_sig, p_webhook_id,
+            coalesce(p_webhook_id, concat_ws('/', p_request, p_type, p_sr, p_doc, p_sig)),
+            p_body)
+    ON CONFLICT DO NOTHING;
+    stored := FOUND;
+    IF stored THEN
+        PERFORM _wake_at_commit();
+    END IF;
+    PERFORM _count(p_source || 's_accepted');
+    RETURN ROW(p_request, p_type, NOT stored)::callback_receipt;
+END
+$$;
+
+CREATE FUNCTION receive_callback(url text, body bytea DEFAULT NULL) RETURNS callback_receipt
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, qes_sign AS $$
+DECLARE
+    v record;
+BEGIN
+    v := _verify_callback(url);
+    IF NOT EXISTS (SELECT FROM signatur_anfragen a WHERE a.id = v.request_id) THEN
+        PERFORM _reject('callbacks_rejected', 'callback names an unknown request');
+    END IF;
+    RETURN _take_callback('callback', v.request_id, v.callback_type, v.signature_request_id,
+                          v.document_id, v.signature_id, NULL, body);
+END
+$$;
+COMMENT ON FUNCTION receive_callback(text, bytea) IS
+    'Verifies a Skribble callback by its signed URL and records it for the worker; rejects with 28000';
+
+CREATE FUNCTION receive_webhook(headers jsonb, body bytea) RETURNS callback_receipt
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, qes_sign AS $$
+DECLARE
+    h jsonb;
+    payload jsonb;
+    v record;
+    rid uuid;
+    kind text;
+BEGIN
+    IF jsonb_typeof(headers) IS DISTINCT FROM 'object' THEN
+        PERFORM _reject('webhooks_rejected', 'webhook rejected: headers must be a JSON object');
+    END IF;
+    SELECT jsonb_object_agg(lower(key), value) INTO h FROM jsonb_each_text(headers);
+    PERFORM _verify_webhook(h ->> 'webhook-id', h ->> 'webhook-timestamp',
+                            h ->> 'webhook-signature', body);
+    IF EXISTS (SELECT FROM callback_inbox WHERE webhook_id = h ->> 'webhook-id') THEN
+        RETURN ROW(NULL, NULL, true)::callback_receipt;  -- a replay: seen before
+    END IF;
+    BEGIN
+        payload := convert_from(body, 'UTF8')::jsonb;
+    EXCEPTION WHEN OTHERS THEN
+        PERFORM _reject('webhooks_rejected', 'webhook rejected: the body is not JSON');
+    END;
+    IF jsonb_typeof(payload -> 'url') = 'string' THEN
+        v := _verify_callback(payload ->> 'url');
+        IF NOT EXISTS (SELECT FROM signatur_anfragen a WHERE a.id = v.request_id) THEN
+            PERFORM _reject('webhooks_rejected', 'webhook names an unknown request');
+        END IF;
+        RETURN _take_callback('webhook', v.request_id, v.callback_type, v.signature_request_id,
+                              v.document_id, v.signature_id, h ->> 'webhook-id', body);
+    END IF;
+    -- otherwise a request named by its Skribble id, if any (else a ping)
+    SELECT a.id INTO rid FROM signatur_anfragen a
+     WHERE a.skribble_id = payload ->> 'signature_request_id';
+    kind := lower(payload ->> 'type');
+    RETURN _take_callback('webhook', rid, CASE WHEN kind IN ('success', 'update', 'error') THEN kind END,
+                          payload ->> 'signature_request_id', payload ->> 'document_id',
+                          payload ->> 'signature_id', h ->> 'webhook-id', body);
+END
+$$;
+COMMENT ON FUNCTION receive_webhook(jsonb, bytea) IS
+    'Verifies a Standard Webhooks delivery (webhook-id/-timestamp/-signature) and records it; rejects with 28000';
+
+-------------------------------------------------------------------------------
+-- Reading: timeline, chain verification, overview, operator view
+-------------------------------------------------------------------------------
+CREATE FUNCTION timeline(id uuid)
+RETURNS TABLE (seq bigint, at timestamptz, event text, actor text, detail jsonb)
+LANGUAGE sql STABLE SET search_path = pg_catalog, qes_sign AS $$
+    SELECT l.seq, l.at, l.event, l.actor, l.detail FROM audit_log l
+     WHERE l.request_id = timeline.id ORDER BY l.seq
+$$;
+COMMENT ON FUNCTION timeline(uuid) IS 'The audit entries of a request, oldest first (row-level security applies)';
+
+CREATE FUNCTION verify_audit_chain(OUT ok boolean, OUT entries bigint, OUT first_broken bigint,
+                                   OUT problem text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, qes_sign AS $$
+DECLARE
+    head audit_head;
+    last audit_log;
+BEGIN
+    SELECT count(*) INTO entries FROM audit_log;
+    SELECT b.seq, b.problem INTO first_broken, problem FROM (
+        SELECT l.seq,
+               CASE
+                 WHEN l.seq <> coalesce(lag(l.seq) OVER w, 0) + 1
+                     THEN format('entry %s is missing', coalesce(lag(l.seq) OVER w, 0) + 1)
+                 WHEN l.prev_hash <> coalesce(lag(l.hash) OVER w, '\x'::bytea || decode(repeat('00', 32), 'hex'))
+                     THEN format('entry %s does not chain to entry %s', l.seq, l.seq - 1)
+                 WHEN l.hash IS DISTINCT FROM audit_hash(l.prev_hash, l.seq, l.at, l.request_id,
+                                                         l.verwaltung, l.event, l.actor, l.detail)
+                     THEN format('entry %s was altered', l.seq)
+               END AS problem
+          FROM audit_log l WINDOW w AS (ORDER BY l.seq)) b
+     WHERE b.problem IS NOT NULL ORDER BY b.seq LIMIT 1;
+    IF first_broken IS NULL THEN
+        SELECT * INTO head FROM audit_head;
+        SELECT * INTO last FROM audit_log ORDER BY seq DESC LIMIT 1;
+        IF coalesce(head.seq, 0) <> coalesce(last.seq, 0) THEN
+            first_broken := coalesce(last.seq, 0) + 1;
+            problem := format('entries %s to %s are missing', first_broken, head.seq);
+        ELSIF head.hash IS DISTINCT FROM last.hash THEN
+            first_broken := last.seq;
+            problem := format('entry %s is not the head of the chain', last.seq);
+        END IF;
+    END IF;
+    ok := first_broken IS NULL;
+END
+$$;
+COMMENT ON FUNCTION verify_audit_chain() IS
+    'Checks the hash chain of the whole audit trail; names the first broken entry';
+
+CREATE VIEW overview WITH (security_invoker = true) AS
+SELECT a.id, a.verwaltung, a.vorgangstyp, a.title, a.status,
+       count(*) FILTER (WHERE s.status = 'signed') AS signers_signed,
+       count(s.id) AS signers_total,
+       a.created_at, a.sent_at, a.completed_at, a.archived_at, a.cancelled_at, a.cancel_reason,
+       a.completed_at - coalesce(a.sent_at, a.created_at) AS processing_time
+  FROM signatur_anfragen a
+  LEFT JOIN signers s ON s.request_id = a.id AND s.status <> 'replaced'
+ GROUP BY a.id;
+COMMENT ON VIEW overview IS
+    'One row per request for the portal: signers signed/total and processing time (sending to last signature)';
+
+CREATE VIEW operations AS
+SELECT 'queue_' || kind AS metric, count(*)::bigint AS value
+  FROM work_items WHERE state = 'pending' GROUP BY kind
+UNION ALL
+SELECT 'inbox_unprocessed', count(*) FROM callback_inbox WHERE processed_at IS NULL
+UNION ALL
+SELECT name, value FROM counters();
+COMMENT ON VIEW operations IS 'Operator metrics: queue depth by kind, unprocessed callbacks, shared-memory counters';
+
+-------------------------------------------------------------------------------
+-- Row-level security and privileges
+-------------------------------------------------------------------------------
+ALTER TABLE signatur_anfragen ENABLE ROW LEVEL SECURITY;
+ALTER TABLE signers ENABLE ROW LEVEL SECURITY;
+ALTER TABLE audit_log ENABLE ROW LEVEL SECURITY;
+ALTER TABLE archive_objects ENABLE ROW LEVEL SECURITY;
+
+CREATE POLICY tenant ON signatur_anfragen TO qes_sign_app
+    USING (verwaltung = current_setting('qes_sign.verwaltung', true));
+CREATE POLICY tenant ON signers TO qes_sign_app
+    USING (EXISTS (SELECT FROM signatur_anfragen a WHERE a.id = request_id));
+CREATE POLICY tenant ON audit_log TO qes_sign_app
+    USING (verwaltung = current_setting('qes_sign.verwaltung', true));
+CREATE POLICY tenant ON archive_objects TO qes_sign_app
+    USING (EXISTS (SELECT FROM signatur_anfragen a WHERE a.id = request_id));
+CREATE POLICY admin ON signatur_anfragen TO qes_sign_admin USING (true);
+CREATE POLICY admin ON signers TO qes_sign_admin USING (true);
+CREATE POLICY admin ON audit_log TO qes_sign_admin USING (true);
+CREATE POLICY admin ON archive_objects TO qes_sign_admin USING (true);
+
+REVOKE ALL ON ALL TABLES IN SCHEMA qes_sign FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA qes_sign FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA qes_sign FROM PUBLIC;
+
+GRANT SELECT ON signatur_anfragen, signers, audit_log, archive_objects, vorgangstypen,
+                overview, transitions TO qes_sign_app;
+GRANT EXECUTE ON FUNCTION create_request(text, text, bytea, jsonb, text, text, boolean, interval, uuid),
+                          remind(uuid), withdraw(uuid, text), replace_signer(uuid, text, jsonb),
+                          restart(uuid), receive_callback(text, bytea), receive_webhook(jsonb, bytea),
+                          timeline(uuid), wake(), clock(), acting_role(), transitions_c()
+    TO qes_sign_app;
+
+GRANT qes_sign_app TO qes_sign_admin;
+GRANT SELECT ON ALL TABLES IN SCHEMA qes_sign TO qes_sign_admin;
+GRANT EXECUTE ON FUNCTION verify_audit_chain(), callback_urls(uuid), counters(),
+                          audit_hash(bytea, bigint, timestamptz, uuid, text, text, text, jsonb)
+    TO qes_sign_admin;
+
+-- everything the extension stores goes into pg_dump
+SELECT pg_catalog.pg_extension_config_dump('signatur_anfragen', '');
+SELECT pg_catalog.pg_extension_config_dump('signers', '');
+SELECT pg_catalog.pg_extension_config_dump('signers_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('work_items', '');
+SELECT pg_catalog.pg_extension_config_dump('work_items_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('callback_inbox', '');
+SELECT pg_catalog.pg_extension_config_dump('callback_inbox_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('archive_objects', '');
+SELECT pg_catalog.pg_extension_config_dump('audit_log', '');
+SELECT pg_catalog.pg_extension_config_dump('audit_head', '');

@@ -1,0 +1,228 @@
+/*-------------------------------------------------------------------------
+ *
+ * qes_sign.c
+ *		Module entry point: defines the configuration (GUCs), hooks shared
+ *		memory and the commit-time wake-up, and the small SQL helpers that
+ *		belong to no single concern (clock, acting role).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "qes_sign.h"
+
+#include <limits.h>
+
+#include "miscadmin.h"
+#include "utils/guc.h"
+
+PG_MODULE_MAGIC;
+
+/* Skribble API */
+char	   *qes_database = NULL;
+char	   *qes_skribble_url = NULL;
+char	   *qes_skribble_username = NULL;
+char	   *qes_skribble_api_key = NULL;
+int			qes_legislation = 0;
+
+/* callbacks and webhooks */
+char	   *qes_callback_base_url = NULL;
+char	   *qes_callback_secret = NULL;
+char	   *qes_webhook_secrets = NULL;
+int			qes_webhook_tolerance = 300;
+
+/* archive */
+char	   *qes_s3_endpoint = NULL;
+char	   *qes_s3_region = NULL;
+char	   *qes_s3_bucket = NULL;
+char	   *qes_s3_access_key = NULL;
+char	   *qes_s3_secret_key = NULL;
+int			qes_s3_object_lock = 0;
+
+/* worker policy */
+int			qes_expiry = 30 * 24 * 3600;
+char	   *qes_auto_remind = NULL;
+int			qes_reconcile_interval = 5 * 60 * 1000;
+int			qes_max_concurrency = 16;
+char	   *qes_ca_file = NULL;
+
+/* session */
+char	   *qes_verwaltung = NULL;
+char	   *qes_test_clock = NULL;
+
+static const struct config_enum_entry legislation_options[] = {
+	{"EIDAS", 0, false},
+	{"ZERTES", 1, false},
+	{"eidas", 0, true},
+	{"zertes", 1, true},
+	{NULL, 0, false}
+};
+
+static const struct config_enum_entry object_lock_options[] = {
+	{"off", 0, false},
+	{"governance", 1, false},
+	{"compliance", 2, false},
+	{NULL, 0, false}
+};
+
+#define SECRET_FLAGS (GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE)
+
+static bool check_http_url(char **newval, void **extra, GucSource source);
+static void define_string(const char *name, const char *desc, char **var,
+						  const char *def, GucContext ctx, int flags,
+						  GucStringCheckHook check);
+
+void		_PG_init(void);
+
+/*
+ * _PG_init defines the GUCs and installs the shared-memory hooks.  The
+ * library works in any backend; shared memory (counters, worker slots)
+ * needs shared_preload_libraries.
+ */
+void
+_PG_init(void)
+{
+	define_string("qes_sign.database",
+				  "Databases the qes_sign worker serves, comma-separated.",
+				  &qes_database, "", PGC_POSTMASTER, 0, NULL);
+	define_string("qes_sign.skribble_url", "Base URL of the Skribble API.",
+				  &qes_skribble_url, "https://api.skribble.de/v2", PGC_SIGHUP,
+				  0, check_http_url);
+	define_string("qes_sign.skribble_username", "Skribble API user name.",
+				  &qes_skribble_username, "", PGC_SIGHUP, SECRET_FLAGS, NULL);
+	define_string("qes_sign.skribble_api_key", "Skribble API key.",
+				  &qes_skribble_api_key, "", PGC_SIGHUP, SECRET_FLAGS, NULL);
+	DefineCustomEnumVariable("qes_sign.legislation",
+							 "Legislation for QES and AES_MINIMAL requests.",
+							 NULL, &qes_legislation, 0, legislation_options,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	define_string("qes_sign.callback_base_url",
+				  "Public base URL of the portal's callback endpoint.",
+				  &qes_callback_base_url, "", PGC_SIGHUP, 0, check_http_url);
+	define_string("qes_sign.callback_secret",
+				  "HMAC key that signs the callback URLs.",
+				  &qes_callback_secret, "", PGC_SIGHUP, SECRET_FLAGS, NULL);
+	define_string("qes_sign.webhook_secrets",
+				  "Standard Webhooks secrets (whsec_...), comma-separated.",
+				  &qes_webhook_secrets, "", PGC_SIGHUP, SECRET_FLAGS, NULL);
+	DefineCustomIntVariable("qes_sign.webhook_tolerance",
+							"Accepted clock skew of webhook timestamps.",
+							NULL, &qes_webhook_tolerance, 300, 1, 3600,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	define_string("qes_sign.s3_endpoint", "S3 endpoint URL (path-style).",
+				  &qes_s3_endpoint, "", PGC_SIGHUP, 0, NULL);
+	define_string("qes_sign.s3_region", "S3 region.",
+				  &qes_s3_region, "us-east-1", PGC_SIGHUP, 0, NULL);
+	define_string("qes_sign.s3_bucket", "S3 bucket of the archive.",
+				  &qes_s3_bucket, "", PGC_SIGHUP, 0, NULL);
+	define_string("qes_sign.s3_access_key", "S3 access key.",
+				  &qes_s3_access_key, "", PGC_SIGHUP, SECRET_FLAGS, NULL);
+	define_string("qes_sign.s3_secret_key", "S3 secret key.",
+				  &qes_s3_secret_key, "", PGC_SIGHUP, SECRET_FLAGS, NULL);
+	DefineCustomEnumVariable("qes_sign.s3_object_lock",
+							 "Object lock mode of archive uploads.",
+							 NULL, &qes_s3_object_lock, 0, object_lock_options,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("qes_sign.expiry",
+							"Age at which an uncompleted request is withdrawn.",
+							NULL, &qes_expiry, 30 * 24 * 3600, 60, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
+	define_string("qes_sign.auto_remind",
+				  "Own reminder schedule: off, or first,every,count "
+				  "(e.g. 3d,3d,5).",
+				  &qes_auto_remind, "off", PGC_SIGHUP, 0, NULL);
+	DefineCustomIntVariable("qes_sign.reconcile_interval",
+							"How often open requests are fetched from Skribble.",
+							NULL, &qes_reconcile_interval, 5 * 60 * 1000,
+							100, INT_MAX, PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("qes_sign.max_concurrency",
+							"HTTP calls the worker keeps in flight.",
+							NULL, &qes_max_concurrency, 16, 1, 1024,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	define_string("qes_sign.ca_file", "Extra CA bundle for TLS.",
+				  &qes_ca_file, "", PGC_SIGHUP, 0, NULL);
+	define_string("qes_sign.verwaltung",
+				  "Tenant of the current session (row-level security).",
+				  &qes_verwaltung, "", PGC_USERSET, 0, NULL);
+	define_string("qes_sign.test_clock",
+				  "Overrides qes_sign's clock (tests only).",
+				  &qes_test_clock, "", PGC_SUSET, GUC_NOT_IN_SAMPLE, NULL);
+
+	MarkGUCPrefixReserved("qes_sign");
+	qes_shmem_init();
+}
+
+/*
+ * define_string is DefineCustomStringVariable without the noise.
+ */
+static void
+define_string(const char *name, const char *desc, char **var,
+			  const char *def, GucContext ctx, int flags,
+			  GucStringCheckHook check)
+{
+	DefineCustomStringVariable(name, desc, NULL, var, def, ctx, flags,
+							   check, NULL, NULL);
+}
+
+/*
+ * check_http_url accepts an empty value or an http(s) URL without query or
+ * fragment (callback URLs get path segments and a query appended).
+ */
+static bool
+check_http_url(char **newval, void **extra, GucSource source)
+{
+	const char *v = *newval;
+
+	if (v == NULL || v[0] == '\0')
+		return true;
+	if (strncmp(v, "http://", 7) != 0 && strncmp(v, "https://", 8) != 0)
+	{
+		GUC_check_errdetail("The URL must start with http:// or https://.");
+		return false;
+	}
+	if (strpbrk(v, "?# ") != NULL)
+	{
+		GUC_check_errdetail("The URL must not contain a query, a fragment or spaces.");
+		return false;
+	}
+	return true;
+}
+
+/*
+ * qes_now is qes_sign's clock: the real time, or qes_sign.test_clock when a
+ * superuser set it (tests of tolerances and retention).
+ */
+TimestampTz
+qes_now(void)
+{
+	if (qes_test_clock != NULL && qes_test_clock[0] != '\0')
+		return DatumGetTimestampTz(DirectFunctionCall3(timestamptz_in,
+													   CStringGetDatum(qes_test_clock),
+													   ObjectIdGetDatum(InvalidOid),
+													   Int32GetDatum(-1)));
+	return GetCurrentTimestamp();
+}
+
+PG_FUNCTION_INFO_V1(qes_sign_acting_role);
+
+/*
+ * qes_sign_acting_role returns the role on whose behalf the current call
+ * runs: the session's role after SET ROLE, not the owner of a SECURITY
+ * DEFINER function.  The audit trail records it.
+ */
+Datum
+qes_sign_acting_role(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_TEXT_P(cstring_to_text(GetUserNameFromId(GetOuterUserId(),
+													   false)));
+}
+
+PG_FUNCTION_INFO_V1(qes_sign_clock);
+
+/*
+ * qes_sign_clock exposes qes_now() to SQL as qes_sign.clock().
+ */
+Datum
+qes_sign_clock(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_TIMESTAMPTZ(qes_now());
+}
