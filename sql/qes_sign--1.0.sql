@@ -266,6 +266,11 @@ CREATE TRIGGER status_guard BEFORE INSERT OR UPDATE ON signatur_anfragen
     FOR EACH ROW EXECUTE FUNCTION _status_guard();
 ALTER TABLE signatur_anfragen ENABLE ALWAYS TRIGGER status_guard;
 
+-- _iso: a time as the audit trail writes it, UTC with milliseconds, like Skribble
+CREATE FUNCTION _iso(t timestamptz) RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+$$;
+
 -- _emit writes an audit entry for a request and notifies channel qes_sign;
 -- both take effect at commit, or not at all.
 CREATE FUNCTION _emit(p_id uuid, p_event text, p_detail jsonb DEFAULT '{}',
@@ -309,9 +314,9 @@ BEGIN
         PERFORM _emit(NEW.request_id, 'signer_' || NEW.status,
                       jsonb_strip_nulls(jsonb_build_object(
                           'signer', NEW.email, 'sid', NEW.sid, 'previous', OLD.status,
-                          'at', CASE NEW.status WHEN 'signed' THEN NEW.signed_at
-                                                WHEN 'viewed' THEN NEW.viewed_at
-                                                WHEN 'declined' THEN NEW.declined_at END,
+                          'at', _iso(CASE NEW.status WHEN 'signed' THEN NEW.signed_at
+                                                     WHEN 'viewed' THEN NEW.viewed_at
+                                                     WHEN 'declined' THEN NEW.declined_at END),
                           'message', NEW.decline_message)));
     END IF;
     RETURN NULL;
@@ -508,12 +513,17 @@ $$;
 
 CREATE FUNCTION _enqueue(p_id uuid, p_kind text, p_payload jsonb DEFAULT '{}')
 RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    queued boolean;
 BEGIN
     INSERT INTO work_items (request_id, kind, payload) VALUES (p_id, p_kind, p_payload)
     ON CONFLICT (request_id, kind) WHERE state = 'pending' AND kind <> 'replace_signer'
     DO NOTHING;
-    PERFORM _wake_at_commit();
-    RETURN FOUND;
+    queued := FOUND;
+    IF queued THEN
+        PERFORM _wake_at_commit();
+    END IF;
+    RETURN queued;
 END
 $$;
 
@@ -525,12 +535,13 @@ CREATE FUNCTION create_request(verwaltung text, title text, document bytea, sign
                                vorgangstyp text DEFAULT 'mietvertrag',
                                ordered boolean DEFAULT false,
                                expires_in interval DEFAULT NULL,
-                               restarted_from uuid DEFAULT NULL)
+                               restarted_from uuid DEFAULT NULL,
+                               id uuid DEFAULT NULL)
 RETURNS uuid LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, qes_sign AS $$
 DECLARE
     t vorgangstypen;
     list jsonb;
-    new_id uuid := gen_random_uuid();
+    new_id uuid := coalesce(create_request.id, gen_random_uuid());
     lifetime interval := coalesce(expires_in,
         make_interval(secs => (SELECT setting::bigint FROM pg_settings WHERE name = 'qes_sign.expiry')));
 BEGIN
@@ -560,6 +571,11 @@ BEGIN
     END IF;
     PERFORM _check_document(document);
     list := _check_signers(signers, ordered);
+    -- a caller-chosen id makes a retried call safe: it cannot create twice
+    IF EXISTS (SELECT FROM signatur_anfragen a WHERE a.id = new_id) THEN
+        PERFORM _invalid('id', 'is already taken by another signature request',
+            format('The value is %s.', new_id), '23505');
+    END IF;
 
     INSERT INTO signatur_anfragen (id, verwaltung, vorgangstyp, title, message, document,
                                    document_sha256, document_size, ordered, quality, legislation,
@@ -684,6 +700,16 @@ COMMENT ON FUNCTION restart(uuid) IS 'Creates a new request with the document an
 -- Applying Skribble's state (a SignatureRequest exactly as the API returns it)
 -------------------------------------------------------------------------------
 
+-- _ts reads an ISO 8601 time from Skribble's JSON, naming the field if it is bad
+CREATE FUNCTION _ts(value text, field text) RETURNS timestamptz
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN value::timestamptz;
+EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow THEN
+    PERFORM _invalid(field, 'is not an ISO 8601 time', format('The value is %s.', to_jsonb(value)));
+END
+$$;
+
 -- _signer_status maps a Skribble status_code to a signer status; NULL for a
 -- code this version does not know (it is recorded, not fatal)
 CREATE FUNCTION _signer_status(status_code text, viewed boolean) RETURNS signer_status
@@ -700,12 +726,13 @@ $$;
 
 -- _apply_signature updates the local signer matching one Skribble signature
 -- (by sid, else by signer_identity_data.email_address; never account_email)
-CREATE FUNCTION _apply_signature(p_request uuid, sig jsonb) RETURNS void
+CREATE FUNCTION _apply_signature(p_request uuid, sig jsonb, field text) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     s signers;
-    email text := lower(sig #>> '{signer_identity_data,email_address}');
-    viewed timestamptz := (sig ->> 'last_viewed_at')::timestamptz;
+    v_email text := lower(sig #>> '{signer_identity_data,email_address}');
+    viewed timestamptz := _ts(sig ->> 'last_viewed_at', field || '.last_viewed_at');
+    signed timestamptz := _ts(sig ->> 'signed_at', field || '.signed_at');
     new_status signer_status;
 BEGIN
     SELECT * INTO s FROM signers x
@@ -713,7 +740,7 @@ BEGIN
     IF NOT FOUND THEN
         SELECT * INTO s FROM signers x
          WHERE x.request_id = p_request AND x.status <> 'replaced'
-           AND lower(x.email) = email AND x.sid IS NULL;
+           AND lower(x.email) = v_email AND x.sid IS NULL;
     END IF;
     IF NOT FOUND OR s.status = 'replaced' THEN
         RETURN;  -- not ours (or taken out locally): nothing to apply
@@ -725,7 +752,7 @@ BEGIN
         sid             = sig ->> 'sid',
         skribble_status = sig ->> 'status_code',
         viewed_at       = coalesce(x.viewed_at, viewed),
-        signed_at       = coalesce((sig ->> 'signed_at')::timestamptz, x.signed_at),
+        signed_at       = coalesce(signed, x.signed_at),
         declined_at     = CASE WHEN new_status = 'declined'
                                THEN coalesce(x.declined_at, clock()) END,
         decline_message = coalesce(sig ->> 'decline_message', x.decline_message),
@@ -736,7 +763,7 @@ BEGIN
             x.signed_quality, x.status)
            IS DISTINCT FROM
            (sig ->> 'sid', sig ->> 'status_code', coalesce(x.viewed_at, viewed),
-            coalesce((sig ->> 'signed_at')::timestamptz, x.signed_at),
+            coalesce(signed, x.signed_at),
             coalesce(sig ->> 'decline_message', x.decline_message),
             coalesce(sig ->> 'signed_quality', x.signed_quality), new_status);
     IF FOUND AND _signer_status(sig ->> 'status_code', true) IS NULL THEN
@@ -766,7 +793,9 @@ LANGUAGE sql STABLE AS $$
            CASE
              WHEN s.declined IS NOT NULL THEN 'declined by ' || s.declined
              WHEN overall = 'DECLINED'   THEN 'declined'
-             WHEN overall = 'WITHDRAWN'  THEN 'withdrawn'
+             WHEN overall = 'WITHDRAWN'  THEN 'withdrawn' || coalesce(': ' ||
+                 (SELECT w.payload ->> 'reason' FROM qes_sign.work_items w
+                   WHERE w.request_id = r.id AND w.kind = 'withdraw' ORDER BY w.id DESC LIMIT 1), '')
              WHEN overall = 'EXPIRED'    THEN 'expired'
              WHEN overall = 'ERROR'      THEN 'error at Skribble'
            END
@@ -779,6 +808,7 @@ DECLARE
     r signatur_anfragen;
     sig jsonb;
     target record;
+    i bigint;
     overall text := sr ->> 'status_overall';
 BEGIN
     SELECT * INTO r FROM signatur_anfragen a WHERE a.id = apply_signature_request.id FOR UPDATE;
@@ -803,7 +833,7 @@ BEGIN
 
     IF r.skribble_id IS NULL THEN
         UPDATE signatur_anfragen a SET skribble_id = sr ->> 'id',
-               sent_at = coalesce(a.sent_at, (sr ->> 'created_at')::timestamptz, clock())
+               sent_at = coalesce(a.sent_at, _ts(sr ->> 'created_at', 'sr.created_at'), clock())
          WHERE a.id = r.id;
         PERFORM _emit(r.id, 'sent', jsonb_build_object('skribble_id', sr ->> 'id'));
     END IF;
@@ -814,8 +844,8 @@ BEGIN
         PERFORM _emit(r.id, 'unknown_status', jsonb_build_object('status_overall', overall));
     END IF;
 
-    FOR sig IN SELECT * FROM jsonb_array_elements(sr -> 'signatures') LOOP
-        PERFORM _apply_signature(r.id, sig);
+    FOR sig, i IN SELECT * FROM jsonb_array_elements(sr -> 'signatures') WITH ORDINALITY LOOP
+        PERFORM _apply_signature(r.id, sig, format('sr.signatures[%s]', i - 1));
     END LOOP;
 
     SELECT * INTO target FROM _target_status(r, overall);
@@ -1054,7 +1084,7 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA qes_sign FROM PUBLIC;
 
 GRANT SELECT ON signatur_anfragen, signers, audit_log, archive_objects, vorgangstypen,
                 overview, transitions TO qes_sign_app;
-GRANT EXECUTE ON FUNCTION create_request(text, text, bytea, jsonb, text, text, boolean, interval, uuid),
+GRANT EXECUTE ON FUNCTION create_request(text, text, bytea, jsonb, text, text, boolean, interval, uuid, uuid),
                           remind(uuid), withdraw(uuid, text), replace_signer(uuid, text, jsonb),
                           restart(uuid), receive_callback(text, bytea), receive_webhook(jsonb, bytea),
                           timeline(uuid), wake(), clock(), acting_role(), transitions_c()

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# test/setup.sh: makes a fresh Debian 12 machine ready for qes_sign: installs
+# the Debian packages it needs (only those missing), then builds and installs
+# the extension.  Run as root; used by the demo and by the test runner.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+
+packages=(postgresql-15 postgresql-contrib postgresql-server-dev-15 libcurl4-openssl-dev
+          libssl-dev libipc-run-perl make gcc nodejs npm)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+# Node comes with the machine; take Debian's only if there is none at all
+if command -v node >/dev/null 2>&1; then
+    missing=("${missing[@]/nodejs}"); missing=("${missing[@]/npm}")
+fi
+read -r -a missing <<<"${missing[*]}"
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+make -s -C "$repo" >/dev/null
+make -s -C "$repo" install >/dev/null
+echo "setup: qes_sign built and installed into $(pg_config --pkglibdir)"
