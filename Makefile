@@ -18,7 +18,7 @@ PGFILEDESC = "qes_sign - qualified electronic signature workflows"
 REGRESS = install status_machine create_request actions apply_state \
 	audit callbacks webhooks security
 # isolation specs (specs/*.spec, expected/*.out)
-ISOLATION = concurrent_completion concurrent_audit
+ISOLATION = concurrent_completion concurrent_audit notifications
 REGRESS_OPTS = --temp-config=$(srcdir)/test/qes_sign.conf
 ISOLATION_OPTS = --temp-config=$(srcdir)/test/qes_sign.conf --inputdir=$(srcdir)/test/isolation
 

@@ -11,28 +11,28 @@ SELECT qes_sign.create_request('hv-eppendorf', 'Mietvertrag Eppendorfer Weg 12, 
     '[{"first_name": "Anna", "last_name": "Becker", "email": "anna.becker@example.org", "language": "de"},
       {"first_name": " Jonas ", "last_name": "Wolf", "email": "Jonas.Wolf@Example.org", "mobile": "+49 151 2345678"},
       {"first_name": "Petra", "last_name": "Verwalterin", "email": "p.verwalterin@hv-eppendorf.example"}]',
-    message => 'Bitte bis Freitag signieren.', id => regress.uuid(1)) AS id;
+    message => 'Bitte bis Freitag signieren.', id => regress.uuid(201)) AS id;
 
 SELECT verwaltung, vorgangstyp, title, message, status, quality, legislation, ordered,
        document_size, document_sha256 = sha256(document) AS digest_ok, created_by,
        expires_at - created_at AS lifetime, sent_at, skribble_id
-  FROM qes_sign.signatur_anfragen WHERE id = regress.uuid(1);
+  FROM qes_sign.signatur_anfragen WHERE id = regress.uuid(201);
 -- names are trimmed, addresses lower-cased, the caller's order kept
 SELECT position, email, first_name, last_name, language, mobile, sequence, status
-  FROM qes_sign.signers WHERE request_id = regress.uuid(1) ORDER BY position;
-SELECT kind, state, attempts FROM qes_sign.work_items WHERE request_id = regress.uuid(1);
-SELECT event, actor, detail - 'document_sha256' AS detail FROM qes_sign.timeline(regress.uuid(1));
+  FROM qes_sign.signers WHERE request_id = regress.uuid(201) ORDER BY position;
+SELECT kind, state, attempts FROM qes_sign.work_items WHERE request_id = regress.uuid(201);
+SELECT event, actor, detail - 'document_sha256' AS detail FROM qes_sign.timeline(regress.uuid(201));
 
 -- the same id twice: a retried call cannot create a second request
-SELECT regress.try($$SELECT regress.request(regress.uuid(1))$$);
+SELECT regress.try($$SELECT regress.request(regress.uuid(201))$$);
 
 -- ordered signing with sequences, another type, an explicit lifetime
 SELECT qes_sign.create_request('hv-eppendorf', 'WEG-Beschluss TOP 3', regress.pdf(),
     '[{"first_name": "A", "last_name": "Eins", "email": "a@example.org", "sequence": 1},
       {"first_name": "B", "last_name": "Zwei", "email": "b@example.org", "sequence": 2}]',
-    vorgangstyp => 'weg_beschluss', ordered => true, expires_in => '7 days', id => regress.uuid(2));
-SELECT vorgangstyp, ordered, expires_at - created_at AS lifetime FROM qes_sign.signatur_anfragen WHERE id = regress.uuid(2);
-SELECT email, sequence FROM qes_sign.signers WHERE request_id = regress.uuid(2) ORDER BY position;
+    vorgangstyp => 'weg_beschluss', ordered => true, expires_in => '7 days', id => regress.uuid(202));
+SELECT vorgangstyp, ordered, expires_at - created_at AS lifetime FROM qes_sign.signatur_anfragen WHERE id = regress.uuid(202);
+SELECT email, sequence FROM qes_sign.signers WHERE request_id = regress.uuid(202) ORDER BY position;
 
 -- Bad input.  Each line is one call; nothing of it may be stored.
 CREATE TABLE regress.bad (label text, call text);
@@ -81,4 +81,4 @@ SELECT count(*) AS signers FROM qes_sign.signers s JOIN qes_sign.signatur_anfrag
 
 -- a new request is announced at commit (the isolation spec notifications
 -- shows the payload); the work item wakes the worker at commit
-SELECT count(*) AS submit_items FROM qes_sign.work_items WHERE kind = 'submit';
+SELECT count(*) AS submit_items FROM qes_sign.work_items WHERE kind = 'submit' AND request_id IN (regress.uuid(201), regress.uuid(202));

@@ -918,7 +918,7 @@ test('throughput: 4000 calls with 64 in flight', async () => {
   assert.equal(bad, 0);
   assert.ok(rate >= 1000, `only ${rate} calls/s`);
   const st = (await ctl('GET', '/stats')).json;
-  assert.ok(st.max_in_flight >= 32 && st.max_in_flight <= 64, `max_in_flight ${st.max_in_flight}`);
+  assert.ok(st.max_connections >= 32 && st.max_connections <= 64, `max_connections ${st.max_connections}`);
 });
 
 test('reset clears requests, documents, stats, faults and known accounts', async () => {

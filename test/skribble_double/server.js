@@ -158,6 +158,7 @@ let rt;
 let stats;
 const heldTimers = new Set();     /* timeout faults in progress */
 let shuttingDown = false;
+let openConnections = 0;         /* open TCP connections, API and control alike */
 const business = 'biz-' + sha256hex(cfg['api-username']).slice(0, 32);
 
 function freshState() {
@@ -195,6 +196,8 @@ function freshStats() {
     login_failures: 0,
     in_flight: 0,
     max_in_flight: 0,
+    connections: openConnections,
+    max_connections: openConnections,
   };
 }
 
@@ -419,22 +422,20 @@ function handleApi(ctx) {
   const gen = generation;
   res.on('close', () => { if (gen === generation) stats.in_flight--; });
 
-  readBody(req, async (body, over) => {
+  readBody(req, (body, over) => runHandler(ctx, async () => {
     ctx.body = body;
     if (rt.latencyMs > 0) await sleep(rt.latencyMs);
-    if (over) return sendProblem(ctx, 413, 'limit-exceeded', 'Maximum upload size exceeded');
+    if (over) throw new ApiError(413, 'limit-exceeded', 'Maximum upload size exceeded');
     ctx.faultEligible = faultEligible(ctx);
     const fault = ctx.faultEligible ? drawFault() : null;
     if (fault) return injectFault(ctx, fault);
     if (!ctx.route) {
-      if (m.pathKnown) return sendProblem(ctx, 405, 'problem-with-message', `Request method '${req.method}' not supported`);
-      return sendProblem(ctx, 404, 'problem-with-message', `No endpoint ${req.method} ${ctx.path}`);
+      if (m.pathKnown) throw new ApiError(405, 'problem-with-message', `Request method '${req.method}' not supported`);
+      throw new ApiError(404, 'problem-with-message', `No endpoint ${req.method} ${ctx.path}`);
     }
-    runHandler(ctx, () => {
-      if (!ctx.route.opts.noAuth) authenticate(req);
-      return ctx.route.handler(ctx);
-    });
-  });
+    if (!ctx.route.opts.noAuth) authenticate(req);
+    return ctx.route.handler(ctx);
+  }));
 }
 
 /* runHandler runs a (sync or async) handler and turns thrown ApiErrors into problem answers. */
@@ -1710,6 +1711,12 @@ const server = http.createServer({ keepAlive: true }, onRequest);
 server.keepAliveTimeout = 65000;
 server.headersTimeout = 70000;
 server.requestTimeout = 0;
+server.on('connection', (socket) => {
+  openConnections++;
+  stats.connections = openConnections;
+  if (openConnections > stats.max_connections) stats.max_connections = openConnections;
+  socket.on('close', () => { openConnections--; stats.connections = openConnections; });
+});
 server.on('clientError', (err, socket) => {
   if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
   else socket.destroy();
@@ -1738,5 +1745,6 @@ function shutdown() {
   server.closeAllConnections();
   setTimeout(() => process.exit(0), 2000).unref();
 }
+process.on('uncaughtException', (e) => process.stderr.write(`skribble_double: uncaught: ${e && e.stack}\n`));
 process.on('SIGTERM', shutdown);
 process.on('SIGINT', shutdown);
