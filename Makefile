@@ -19,8 +19,9 @@ REGRESS = install status_machine create_request actions apply_state \
 	audit callbacks webhooks security
 # isolation specs (specs/*.spec, expected/*.out)
 ISOLATION = concurrent_completion concurrent_audit notifications
-REGRESS_OPTS = --temp-config=$(srcdir)/test/qes_sign.conf
-ISOLATION_OPTS = --temp-config=$(srcdir)/test/qes_sign.conf --inputdir=$(srcdir)/test/isolation
+REGRESS_OPTS = --temp-config=$(srcdir)/test/qes_sign.conf --temp-instance=./tmp_check
+ISOLATION_OPTS = --temp-config=$(srcdir)/test/qes_sign.conf --temp-instance=./tmp_check_iso \
+	--inputdir=$(srcdir)/test/isolation
 
 PG_CPPFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare -I$(srcdir)/src
 SHLIB_LINK = -lcrypto -lcurl

@@ -2,7 +2,7 @@
 # test/run-all.sh: runs every qes_sign test suite from a clean checkout:
 # setup (packages, build, install), then pg_regress and the isolation specs
 # against temporary clusters, run as the unprivileged user postgres
-# (PostgreSQL refuses root).  Ends with one line "N passed, N failed".
+# (PostgreSQL refuses root), and the Skribble double's self-test.  Ends with one line "N passed, N failed".
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 bash "$repo/test/setup.sh" || exit 1
@@ -40,6 +40,11 @@ as_pg "$pgxs/src/test/isolation/pg_isolation_regress" --bindir="$bindir" \
     $(make -s -C "$repo" print-ISOLATION) 2>&1 | tee "$scratch/isolation.log"
 count "$scratch/isolation.log"
 [ -f "$scratch/isolation/regression.diffs" ] && cat "$scratch/isolation/regression.diffs"
+
+echo "== Skribble double self-test"
+(cd "$repo" && node --test test/skribble_double/selftest.js) 2>&1 | tee "$scratch/double.log" | grep -E '^# (tests|pass|fail)|^not ok'
+passed=$((passed + $(sed -n 's/^# pass //p' "$scratch/double.log" | tail -1)))
+failed=$((failed + $(sed -n 's/^# fail //p' "$scratch/double.log" | tail -1)))
 
 echo
 echo "qes_sign: $passed passed, $failed failed"
