@@ -21,25 +21,23 @@ count() {   # count pg_regress result lines in the log of one suite
     failed=$((failed + $(grep -cE 'FAILED|failed \(ignored\)' "$log" || true)))
 }
 
-echo "== pg_regress"
-as_pg "$pgxs/src/test/regress/pg_regress" --bindir="$bindir" \
-    --inputdir="$repo" --outputdir="$scratch/regress" \
-    --temp-instance="$scratch/regress/tmp_check" \
-    --temp-config="$repo/test/qes_sign.conf" \
-    --dbname=contrib_regression \
-    $(make -s -C "$repo" print-REGRESS) 2>&1 | tee "$scratch/regress.log"
-count "$scratch/regress.log"
-[ -f "$scratch/regress/regression.diffs" ] && cat "$scratch/regress/regression.diffs"
+# suite NAME TOOL INPUTDIR DBNAME TESTS...: one pg_regress-style suite
+suite() {
+    local name=$1 tool=$2 inputdir=$3 db=$4; shift 4
+    echo "== $name"
+    as_pg "$pgxs/src/test/$tool" --bindir="$bindir" \
+        --inputdir="$inputdir" --outputdir="$scratch/$name" \
+        --temp-instance="$scratch/$name/tmp_check" \
+        --temp-config="$repo/test/qes_sign.conf" --dbname="$db" \
+        "$@" 2>&1 | tee "$scratch/$name.log"
+    count "$scratch/$name.log"
+    [ -f "$scratch/$name/regression.diffs" ] && cat "$scratch/$name/regression.diffs"
+    return 0
+}
 
-echo "== isolation"
-as_pg "$pgxs/src/test/isolation/pg_isolation_regress" --bindir="$bindir" \
-    --inputdir="$repo/test/isolation" --outputdir="$scratch/isolation" \
-    --temp-instance="$scratch/isolation/tmp_check" \
-    --temp-config="$repo/test/qes_sign.conf" \
-    --dbname=isolation_regression \
-    $(make -s -C "$repo" print-ISOLATION) 2>&1 | tee "$scratch/isolation.log"
-count "$scratch/isolation.log"
-[ -f "$scratch/isolation/regression.diffs" ] && cat "$scratch/isolation/regression.diffs"
+suite regress regress/pg_regress "$repo" contrib_regression $(make -s -C "$repo" print-REGRESS)
+suite isolation isolation/pg_isolation_regress "$repo/test/isolation" isolation_regression \
+    $(make -s -C "$repo" print-ISOLATION)
 
 echo "== Skribble double self-test"
 (cd "$repo" && node --test test/skribble_double/selftest.js) 2>&1 | tee "$scratch/double.log" | grep -E '^# (tests|pass|fail)|^not ok'
