@@ -262,7 +262,7 @@ CREATE FUNCTION _verify_webhook(webhook_id text, webhook_timestamp text,
 -------------------------------------------------------------------------------
 CREATE FUNCTION _status_guard() RETURNS trigger
     LANGUAGE c AS 'MODULE_PATHNAME', 'qes_sign_status_guard';
-CREATE TRIGGER status_guard BEFORE INSERT OR UPDATE ON signatur_anfragen
+CREATE TRIGGER status_guard BEFORE INSERT OR UPDATE OF status ON signatur_anfragen
     FOR EACH ROW EXECUTE FUNCTION _status_guard();
 ALTER TABLE signatur_anfragen ENABLE ALWAYS TRIGGER status_guard;
 
@@ -542,8 +542,8 @@ DECLARE
     t vorgangstypen;
     list jsonb;
     new_id uuid := coalesce(create_request.id, gen_random_uuid());
-    lifetime interval := coalesce(expires_in,
-        make_interval(secs => (SELECT setting::bigint FROM pg_settings WHERE name = 'qes_sign.expiry')));
+    -- GUC values with units print as "30d", "720h": valid interval input
+    lifetime interval := coalesce(expires_in, current_setting('qes_sign.expiry')::interval);
 BEGIN
     IF verwaltung IS NULL OR btrim(verwaltung) = '' THEN
         PERFORM _invalid('verwaltung', 'must be a non-empty string', p_code => '22004');
@@ -1096,7 +1096,10 @@ GRANT EXECUTE ON FUNCTION verify_audit_chain(), callback_urls(uuid), counters(),
                           audit_hash(bytea, bigint, timestamptz, uuid, text, text, text, jsonb)
     TO qes_sign_admin;
 
--- everything the extension stores goes into pg_dump
+-- everything the extension stores goes into pg_dump (request types: those
+-- added after installation)
+SELECT pg_catalog.pg_extension_config_dump('vorgangstypen',
+    $$WHERE vorgangstyp NOT IN ('mietvertrag', 'weg_beschluss', 'hausmeistervertrag', 'aufhebungsvertrag', 'stellplatzvertrag')$$);
 SELECT pg_catalog.pg_extension_config_dump('signatur_anfragen', '');
 SELECT pg_catalog.pg_extension_config_dump('signers', '');
 SELECT pg_catalog.pg_extension_config_dump('signers_id_seq', '');
