@@ -50,9 +50,9 @@ COMMENT ON TABLE vorgangstypen IS
 INSERT INTO vorgangstypen VALUES
     ('mietvertrag',        'Mietvertrag',          'QES', 10, '§ 550, § 126a BGB; § 257 Abs. 4, 5 HGB, § 147 Abs. 3, 4 AO'),
     ('weg_beschluss',      'WEG-Beschluss',        'QES', 10, '§ 24 Abs. 6 WEG; § 257 HGB'),
-    ('hausmeistervertrag', 'Hausmeistervertrag',   'QES', 10, '§ 257 Abs. 1 Nr. 1, Abs. 4 HGB'),
+    ('hausmeistervertrag', 'Hausmeistervertrag',   'QES',  6, '§ 257 Abs. 1 Nr. 2, 3, Abs. 4 HGB (Handelsbrief)'),
     ('aufhebungsvertrag',  'Aufhebungsvertrag',    'QES', 10, '§ 550, § 126a BGB; § 257 HGB'),
-    ('stellplatzvertrag',  'Stellplatzvertrag',    'QES',  6, '§ 257 Abs. 1 Nr. 2, 3, Abs. 4 HGB');
+    ('stellplatzvertrag',  'Stellplatzvertrag',    'QES', 10, '§ 257 Abs. 4 HGB, § 147 AO (Mietzahlungen)');
 
 -------------------------------------------------------------------------------
 -- Requests and signers
