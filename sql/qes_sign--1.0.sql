@@ -225,7 +225,7 @@ COMMENT ON FUNCTION audit_hash IS 'The hash an audit entry must carry, given the
 -------------------------------------------------------------------------------
 CREATE FUNCTION clock() RETURNS timestamptz
     LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'qes_sign_clock';
-COMMENT ON FUNCTION clock() IS 'qes_sign''s clock: now, or qes_sign.test_clock when a superuser set it';
+COMMENT ON FUNCTION clock() IS 'qes_sign''s clock: now(), or qes_sign.test_clock when a superuser set it';
 
 CREATE FUNCTION acting_role() RETURNS text
     LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'qes_sign_acting_role';

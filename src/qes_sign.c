@@ -11,6 +11,7 @@
 
 #include <limits.h>
 
+#include "access/xact.h"
 #include "miscadmin.h"
 #include "utils/guc.h"
 
@@ -188,18 +189,30 @@ check_http_url(char **newval, void **extra, GucSource source)
 }
 
 /*
- * qes_now is qes_sign's clock: the real time, or qes_sign.test_clock when a
- * superuser set it (tests of tolerances and retention).
+ * test_clock returns qes_sign.test_clock, set by a superuser for tests of
+ * tolerances and retention, or 0 when it is not set.
+ */
+static TimestampTz
+test_clock(void)
+{
+	if (qes_test_clock == NULL || qes_test_clock[0] == '\0')
+		return 0;
+	return DatumGetTimestampTz(DirectFunctionCall3(timestamptz_in,
+												   CStringGetDatum(qes_test_clock),
+												   ObjectIdGetDatum(InvalidOid),
+												   Int32GetDatum(-1)));
+}
+
+/*
+ * qes_now is qes_sign's wall clock (webhook tolerance): the real time, or
+ * the test clock.
  */
 TimestampTz
 qes_now(void)
 {
-	if (qes_test_clock != NULL && qes_test_clock[0] != '\0')
-		return DatumGetTimestampTz(DirectFunctionCall3(timestamptz_in,
-													   CStringGetDatum(qes_test_clock),
-													   ObjectIdGetDatum(InvalidOid),
-													   Int32GetDatum(-1)));
-	return GetCurrentTimestamp();
+	TimestampTz t = test_clock();
+
+	return t ? t : GetCurrentTimestamp();
 }
 
 PG_FUNCTION_INFO_V1(qes_sign_acting_role);
@@ -219,10 +232,14 @@ qes_sign_acting_role(PG_FUNCTION_ARGS)
 PG_FUNCTION_INFO_V1(qes_sign_clock);
 
 /*
- * qes_sign_clock exposes qes_now() to SQL as qes_sign.clock().
+ * qes_sign_clock is qes_sign.clock(): like now() the start of the
+ * transaction (one value per transaction, as STABLE promises), or the test
+ * clock.
  */
 Datum
 qes_sign_clock(PG_FUNCTION_ARGS)
 {
-	PG_RETURN_TIMESTAMPTZ(qes_now());
+	TimestampTz t = test_clock();
+
+	PG_RETURN_TIMESTAMPTZ(t ? t : GetCurrentTransactionStartTimestamp());
 }
