@@ -21,6 +21,7 @@
 #define MAC_B64_LEN 43			/* unpadded base64url of 32 bytes */
 #define UUID_TEXT_LEN 36
 #define MAX_ID_LEN 128
+#define ID_CHARS "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_"
 
 static const char *const callback_types[] = {"success", "update", "error"};
 
@@ -225,7 +226,7 @@ parse_query(const char *query, Datum *values, bool *nulls)
 			if (len > plen && p[plen] == '=' &&
 				strncmp(p, callback_params[i].param, plen) == 0 &&
 				vlen > 0 && vlen <= MAX_ID_LEN &&
-				strspn(v, "0123456789abcdefABCDEF-_") >= (size_t) vlen &&
+				strspn(v, ID_CHARS) >= (size_t) vlen &&
 				strncmp(v, callback_params[i].placeholder, vlen) != 0)
 			{
 				values[i] = PointerGetDatum(cstring_to_text_with_len(v, vlen));
