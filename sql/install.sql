@@ -76,6 +76,13 @@ CREATE FUNCTION regress.sr(id uuid, overall text, codes text[], doc text DEFAULT
             ORDER BY i) FROM generate_series(1, array_length(codes, 1)) i))
 $$;
 
+-- regress.archive: the four verified archive objects of a request
+CREATE FUNCTION regress.archive(id uuid) RETURNS void LANGUAGE sql AS $$
+    INSERT INTO qes_sign.archive_objects (request_id, kind, bucket, key, sha256, size, content_type, verified_at)
+    SELECT id, k, 'archive', 'hv/2026/' || id || '/' || k, sha256(k::bytea), 1, 'application/pdf', now()
+      FROM unnest(ARRAY['signed_pdf', 'protocol_pdf', 'protocol_json', 'record_json']) k
+$$;
+
 -- regress.drive: brings a new request into a status the legitimate way
 CREATE FUNCTION regress.drive(id uuid, target qes_sign.anfrage_status) RETURNS qes_sign.anfrage_status
 LANGUAGE plpgsql AS $$
@@ -89,9 +96,7 @@ BEGIN
         PERFORM qes_sign.apply_signature_request(id, regress.sr(id, 'SIGNED', '{SIGNED,SIGNED}'));
     WHEN 'archiviert' THEN
         PERFORM qes_sign.apply_signature_request(id, regress.sr(id, 'SIGNED', '{SIGNED,SIGNED}'));
-        INSERT INTO qes_sign.archive_objects (request_id, kind, bucket, key, sha256, size, content_type, verified_at)
-        SELECT id, k, 'archive', 'hv/2026/' || id || '/' || k, sha256(k::bytea), 1, 'application/pdf', now()
-          FROM unnest(ARRAY['signed_pdf', 'protocol_pdf', 'protocol_json', 'record_json']) k;
+        PERFORM regress.archive(id);
         UPDATE qes_sign.signatur_anfragen a SET status = 'archiviert', archived_at = now() WHERE a.id = drive.id;
     WHEN 'abgebrochen' THEN
         PERFORM qes_sign.apply_signature_request(id, regress.sr(id, 'DECLINED', '{DECLINED,OPEN}'));

@@ -463,23 +463,25 @@ LANGUAGE sql STABLE AS $$
     SELECT pg_has_role(acting_role(), 'qes_sign_admin', 'MEMBER')
 $$;
 
+-- _acts_for: the caller may act for a tenant (operators for all of them)
+CREATE FUNCTION _acts_for(p_verwaltung text) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT _is_admin() OR p_verwaltung = current_setting('qes_sign.verwaltung', true)
+$$;
+
 -- _check_tenant: an application session acts only for its own tenant
 CREATE FUNCTION _check_tenant(p_verwaltung text) RETURNS void
 LANGUAGE plpgsql STABLE AS $$
-DECLARE
-    mine text := current_setting('qes_sign.verwaltung', true);
 BEGIN
-    IF _is_admin() THEN
+    IF _acts_for(p_verwaltung) THEN
         RETURN;
     END IF;
-    IF coalesce(mine, '') = '' THEN
+    IF coalesce(current_setting('qes_sign.verwaltung', true), '') = '' THEN
         RAISE EXCEPTION 'qes_sign.verwaltung is not set' USING ERRCODE = '42501',
             HINT = 'The application sets its tenant with SET qes_sign.verwaltung = ''...''.';
     END IF;
-    IF mine <> p_verwaltung THEN
-        RAISE EXCEPTION 'verwaltung "%" is not the tenant of this session', p_verwaltung
-            USING ERRCODE = '42501', COLUMN = 'verwaltung';
-    END IF;
+    RAISE EXCEPTION 'verwaltung "%" is not the tenant of this session', p_verwaltung
+        USING ERRCODE = '42501', COLUMN = 'verwaltung';
 END
 $$;
 
@@ -491,8 +493,7 @@ DECLARE
     r signatur_anfragen;
 BEGIN
     SELECT * INTO r FROM signatur_anfragen WHERE id = p_id FOR UPDATE;
-    IF NOT FOUND OR (NOT _is_admin()
-                     AND r.verwaltung IS DISTINCT FROM current_setting('qes_sign.verwaltung', true)) THEN
+    IF NOT FOUND OR NOT _acts_for(r.verwaltung) THEN
         RAISE EXCEPTION 'signature request % does not exist', p_id
             USING ERRCODE = 'P0002', COLUMN = 'id';
     END IF;
@@ -928,18 +929,24 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION receive_callback(url text, body bytea DEFAULT NULL) RETURNS callback_receipt
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, qes_sign AS $$
+-- _take_signed_url verifies a signed callback URL, however it arrived,
+-- and stores it for its request
+CREATE FUNCTION _take_signed_url(p_source text, p_url text, p_webhook_id text, p_body bytea)
+RETURNS callback_receipt LANGUAGE plpgsql AS $$
 DECLARE
-    v record;
+    v record := _verify_callback(p_url);
 BEGIN
-    v := _verify_callback(url);
     IF NOT EXISTS (SELECT FROM signatur_anfragen a WHERE a.id = v.request_id) THEN
-        PERFORM _reject('callbacks_rejected', 'callback names an unknown request');
+        PERFORM _reject('callbacks_rejected', p_source || ' names an unknown request');
     END IF;
-    RETURN _take_callback('callback', v.request_id, v.callback_type, v.signature_request_id,
-                          v.document_id, v.signature_id, NULL, body);
+    RETURN _take_callback(p_source, v.request_id, v.callback_type, v.signature_request_id,
+                          v.document_id, v.signature_id, p_webhook_id, p_body);
 END
+$$;
+
+CREATE FUNCTION receive_callback(url text, body bytea DEFAULT NULL) RETURNS callback_receipt
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, qes_sign AS $$
+    SELECT _take_signed_url('callback', url, NULL, body)
 $$;
 COMMENT ON FUNCTION receive_callback(text, bytea) IS
     'Verifies a Skribble callback by its signed URL and records it for the worker; rejects with 28000';
@@ -949,7 +956,6 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, qes_sign AS $$
 DECLARE
     h jsonb;
     payload jsonb;
-    v record;
     rid uuid;
     kind text;
 BEGIN
@@ -968,12 +974,7 @@ BEGIN
         PERFORM _reject('webhooks_rejected', 'webhook rejected: the body is not JSON');
     END;
     IF jsonb_typeof(payload -> 'url') = 'string' THEN
-        v := _verify_callback(payload ->> 'url');
-        IF NOT EXISTS (SELECT FROM signatur_anfragen a WHERE a.id = v.request_id) THEN
-            PERFORM _reject('webhooks_rejected', 'webhook names an unknown request');
-        END IF;
-        RETURN _take_callback('webhook', v.request_id, v.callback_type, v.signature_request_id,
-                              v.document_id, v.signature_id, h ->> 'webhook-id', body);
+        RETURN _take_signed_url('webhook', payload ->> 'url', h ->> 'webhook-id', body);
     END IF;
     -- otherwise a request named by its Skribble id, if any (else a ping)
     SELECT a.id INTO rid FROM signatur_anfragen a

@@ -28,9 +28,7 @@ BEGIN
                 UPDATE qes_sign.signers SET status = 'signed', signed_at = now() WHERE request_id = regress.uuid(n);
             END IF;
             IF t = 'archiviert' AND f <> 'archiviert' THEN
-                INSERT INTO qes_sign.archive_objects (request_id, kind, bucket, key, sha256, size, content_type, verified_at)
-                SELECT id, k, 'archive', k, sha256(k::bytea), 1, 'application/pdf', now()
-                  FROM unnest(ARRAY['signed_pdf', 'protocol_pdf', 'protocol_json', 'record_json']) k;
+                PERFORM regress.archive(id);
             END IF;
             INSERT INTO regress.matrix VALUES (f, t, regress.try(format(
                 'UPDATE qes_sign.signatur_anfragen SET status = %L, cancelled_at = CASE WHEN %L = ''abgebrochen'' THEN now() END WHERE id = %L',

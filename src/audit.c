@@ -42,8 +42,6 @@ static bytea *entry_hash(bytea *prev, int64 seq, TimestampTz at,
 						 text *verwaltung, text *event, text *actor,
 						 Jsonb *detail);
 static void append_field(StringInfo buf, const char *data, int len);
-static SPIPlanPtr keep_plan(SPIPlanPtr *plan, const char *sql, int nargs,
-							Oid *argtypes);
 static bytea *bytes_to_bytea(const unsigned char *data, int len);
 
 PG_FUNCTION_INFO_V1(qes_sign_audit_chain);
@@ -100,7 +98,7 @@ qes_sign_audit_chain(PG_FUNCTION_ARGS)
 	SPI_connect();
 	spicxt = CurrentMemoryContext;
 	arg = PointerGetDatum(bytes_to_bytea(genesis, QES_SHA256_LEN));
-	if (SPI_execute_plan(keep_plan(&head_advance_plan, HEAD_ADVANCE_SQL, 1, bytea_type),
+	if (SPI_execute_plan(qes_keep_plan(&head_advance_plan, HEAD_ADVANCE_SQL, 1, bytea_type),
 						 &arg, NULL, false, 1) != SPI_OK_INSERT_RETURNING ||
 		SPI_processed != 1)
 		elog(ERROR, "qes_sign: could not advance the audit chain head");
@@ -118,7 +116,7 @@ qes_sign_audit_chain(PG_FUNCTION_ARGS)
 	MemoryContextSwitchTo(spicxt);
 
 	arg = PointerGetDatum(hash);
-	if (SPI_execute_plan(keep_plan(&head_set_plan, HEAD_SET_SQL, 1, bytea_type),
+	if (SPI_execute_plan(qes_keep_plan(&head_set_plan, HEAD_SET_SQL, 1, bytea_type),
 						 &arg, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "qes_sign: could not store the audit chain head");
 	SPI_finish();
@@ -228,22 +226,6 @@ append_field(StringInfo buf, const char *data, int len)
 	appendStringInfo(buf, "%d:", len);
 	appendBinaryStringInfo(buf, data, len);
 	appendStringInfoChar(buf, '\n');
-}
-
-static SPIPlanPtr
-keep_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
-{
-	if (*plan == NULL)
-	{
-		SPIPlanPtr	p = SPI_prepare(sql, nargs, argtypes);
-
-		if (p == NULL)
-			elog(ERROR, "SPI_prepare failed: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(p);
-		*plan = p;
-	}
-	return *plan;
 }
 
 static bytea *

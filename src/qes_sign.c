@@ -12,6 +12,7 @@
 #include <limits.h>
 
 #include "access/xact.h"
+#include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/guc.h"
 
@@ -213,6 +214,26 @@ qes_now(void)
 	TimestampTz t = test_clock();
 
 	return t ? t : GetCurrentTimestamp();
+}
+
+/*
+ * qes_keep_plan prepares sql once per backend and keeps the plan in *plan;
+ * callers are inside SPI_connect.
+ */
+SPIPlanPtr
+qes_keep_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
+{
+	if (*plan == NULL)
+	{
+		SPIPlanPtr	p = SPI_prepare(sql, nargs, argtypes);
+
+		if (p == NULL)
+			elog(ERROR, "SPI_prepare failed: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(p);
+		*plan = p;
+	}
+	return *plan;
 }
 
 PG_FUNCTION_INFO_V1(qes_sign_acting_role);

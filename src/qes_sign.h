@@ -35,6 +35,9 @@ extern int	qes_base64_decode(const char *in, int inlen, unsigned char *out,
 
 /* qes_sign.c */
 extern TimestampTz qes_now(void);
+struct _SPI_plan;
+extern struct _SPI_plan *qes_keep_plan(struct _SPI_plan **plan, const char *sql,
+									   int nargs, Oid *argtypes);
 
 /* shmem.c */
 typedef enum QesCounter

@@ -15,24 +15,6 @@
 #include "funcapi.h"
 #include "lib/stringinfo.h"
 
-typedef struct Transition
-{
-	const char *from;
-	const char *to;
-	const char *requires;		/* prerequisite checked by the trigger */
-} Transition;
-
-static const Transition transitions[] = {
-	{"offen", "in_signatur", NULL},
-	{"offen", "vollstaendig", "every current signer signed"},
-	{"in_signatur", "vollstaendig", "every current signer signed"},
-	{"vollstaendig", "archiviert", "the archive objects recorded and verified"},
-	{"offen", "abgebrochen", NULL},
-	{"in_signatur", "abgebrochen", NULL},
-};
-
-#define INITIAL_STATUS "offen"
-
 /*
  * Prerequisite queries: each returns one boolean for request $1.
  */
@@ -44,12 +26,31 @@ static const Transition transitions[] = {
 	"WHERE request_id = $1 AND verified_at IS NOT NULL " \
 	"AND kind IN ('signed_pdf', 'protocol_pdf', 'protocol_json', 'record_json')"
 
-static SPIPlanPtr all_signed_plan = NULL;
-static SPIPlanPtr archived_plan = NULL;
+typedef struct Transition
+{
+	const char *from;
+	const char *to;
+	const char *requires;		/* prerequisite, in words */
+	const char *check_sql;		/* ... and as a query, or NULL */
+} Transition;
+
+static const Transition transitions[] = {
+	{"offen", "in_signatur", NULL, NULL},
+	{"offen", "vollstaendig", "every current signer signed", ALL_SIGNED_SQL},
+	{"in_signatur", "vollstaendig", "every current signer signed", ALL_SIGNED_SQL},
+	{"vollstaendig", "archiviert", "the archive objects recorded and verified", ARCHIVED_SQL},
+	{"offen", "abgebrochen", NULL, NULL},
+	{"in_signatur", "abgebrochen", NULL, NULL},
+};
+
+#define INITIAL_STATUS "offen"
+
+/* kept plans of the prerequisite queries, by index into transitions[] */
+static SPIPlanPtr check_plans[lengthof(transitions)];
 
 static const Transition *find_transition(const char *from, const char *to);
 static char *allowed_targets(const char *from);
-static bool prerequisite_met(SPIPlanPtr *plan, const char *sql, Datum id);
+static bool prerequisite_met(const Transition *t, Datum id);
 static void check_prerequisite(const Transition *t, Datum id, const char *idtext);
 
 PG_FUNCTION_INFO_V1(qes_sign_status_guard);
@@ -119,7 +120,7 @@ qes_sign_status_guard(PG_FUNCTION_ARGS)
 				 errdetail("%s", allowed_targets(from)),
 				 errhint("See qes_sign.transitions for the status machine.")));
 
-	if (t->requires)
+	if (t->check_sql)
 		check_prerequisite(t, id, SPI_getvalue(newtuple, tupdesc, idnum));
 	return PointerGetDatum(newtuple);
 }
@@ -162,14 +163,7 @@ allowed_targets(const char *from)
 static void
 check_prerequisite(const Transition *t, Datum id, const char *idtext)
 {
-	bool		ok;
-
-	if (strcmp(t->to, "archiviert") == 0)
-		ok = prerequisite_met(&archived_plan, ARCHIVED_SQL, id);
-	else
-		ok = prerequisite_met(&all_signed_plan, ALL_SIGNED_SQL, id);
-
-	if (!ok)
+	if (!prerequisite_met(t, id))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("signature request %s cannot become \"%s\" yet",
@@ -178,26 +172,19 @@ check_prerequisite(const Transition *t, Datum id, const char *idtext)
 }
 
 /*
- * prerequisite_met runs a kept plan returning one boolean for request id.
+ * prerequisite_met runs the kept prerequisite query of t for request id.
  */
 static bool
-prerequisite_met(SPIPlanPtr *plan, const char *sql, Datum id)
+prerequisite_met(const Transition *t, Datum id)
 {
 	Oid			argtypes[1] = {UUIDOID};
 	bool		result = false;
 	bool		isnull;
 
 	SPI_connect();
-	if (*plan == NULL)
-	{
-		SPIPlanPtr	p = SPI_prepare(sql, 1, argtypes);
-
-		if (p == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(p);
-		*plan = p;
-	}
-	if (SPI_execute_plan(*plan, &id, NULL, true, 1) != SPI_OK_SELECT)
+	if (SPI_execute_plan(qes_keep_plan(&check_plans[t - transitions], t->check_sql,
+									   1, argtypes),
+						 &id, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "qes_sign prerequisite query failed");
 	if (SPI_processed == 1)
 	{

@@ -42,12 +42,13 @@ qes_sign_verify_webhook(PG_FUNCTION_ARGS)
 	char	   *saveptr = NULL;
 	bool		any_secret = false;
 
-	for (int i = 0; i < 4; i++)
+	static const char *const args[] = {"webhook-id", "webhook-timestamp",
+	"webhook-signature", "body"};
+
+	for (int i = 0; i < lengthof(args); i++)
 		if (PG_ARGISNULL(i))
 			qes_reject(QES_WEBHOOKS_REJECTED,
-					   errmsg("webhook rejected: header \"%s\" is missing",
-							  i == 0 ? "webhook-id" : i == 1 ? "webhook-timestamp" :
-							  i == 2 ? "webhook-signature" : "body"));
+					   errmsg("webhook rejected: header \"%s\" is missing", args[i]));
 	id = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	ts = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	sigs = text_to_cstring(PG_GETARG_TEXT_PP(2));
