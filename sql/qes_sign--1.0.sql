@@ -945,8 +945,10 @@ END
 $$;
 
 CREATE FUNCTION receive_callback(url text, body bytea DEFAULT NULL) RETURNS callback_receipt
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, qes_sign AS $$
-    SELECT _take_signed_url('callback', url, NULL, body)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, qes_sign AS $$
+BEGIN
+    RETURN _take_signed_url('callback', url, NULL, body);
+END
 $$;
 COMMENT ON FUNCTION receive_callback(text, bytea) IS
     'Verifies a Skribble callback by its signed URL and records it for the worker; rejects with 28000';
