@@ -8,7 +8,10 @@ OBJS = \
 	src/status_machine.o \
 	src/audit.o \
 	src/callbacks.o \
-	src/webhook.o
+	src/webhook.o \
+	src/http.o \
+	src/skribble.o \
+	src/worker.o
 
 EXTENSION = qes_sign
 DATA = sql/qes_sign--1.0.sql
@@ -16,7 +19,7 @@ PGFILEDESC = "qes_sign - qualified electronic signature workflows"
 
 # pg_regress suites (sql/*.sql, expected/*.out), in order
 REGRESS = install status_machine create_request actions apply_state \
-	audit callbacks webhooks security
+	audit callbacks webhooks security worker_rules
 # isolation specs (specs/*.spec, expected/*.out)
 ISOLATION = concurrent_completion concurrent_audit notifications
 REGRESS_OPTS = --temp-config=$(srcdir)/test/qes_sign.conf --temp-instance=./tmp_check

@@ -84,10 +84,14 @@ CREATE TABLE signatur_anfragen (
     expires_at       timestamptz NOT NULL,
     retention_until  date,
     restarted_from   uuid REFERENCES signatur_anfragen,
+    synced_at        timestamptz,             -- last state fetched from Skribble
     CHECK ((status = 'abgebrochen') = (cancelled_at IS NOT NULL))
 );
 CREATE INDEX ON signatur_anfragen (verwaltung, created_at);
 CREATE INDEX ON signatur_anfragen (status) WHERE status IN ('offen', 'in_signatur', 'vollstaendig');
+-- the worker's tick scans the open requests for reconciliation and expiry
+CREATE INDEX signatur_anfragen_open ON signatur_anfragen (synced_at)
+    WHERE status IN ('offen', 'in_signatur');
 COMMENT ON TABLE signatur_anfragen IS 'One row per signature request; status changes are checked by qes_sign_status_guard';
 
 CREATE TABLE signers (
@@ -794,9 +798,12 @@ LANGUAGE sql STABLE AS $$
            CASE
              WHEN s.declined IS NOT NULL THEN 'declined by ' || s.declined
              WHEN overall = 'DECLINED'   THEN 'declined'
-             WHEN overall = 'WITHDRAWN'  THEN 'withdrawn' || coalesce(': ' ||
-                 (SELECT w.payload ->> 'reason' FROM qes_sign.work_items w
-                   WHERE w.request_id = r.id AND w.kind = 'withdraw' ORDER BY w.id DESC LIMIT 1), '')
+             WHEN overall = 'WITHDRAWN'  THEN coalesce(
+                 (SELECT CASE w.kind WHEN 'expire' THEN 'expired'
+                                     ELSE 'withdrawn' || coalesce(': ' || (w.payload ->> 'reason'), '') END
+                    FROM qes_sign.work_items w
+                   WHERE w.request_id = r.id AND w.kind IN ('withdraw', 'expire') ORDER BY w.id DESC LIMIT 1),
+                 'withdrawn')
              WHEN overall = 'EXPIRED'    THEN 'expired'
              WHEN overall = 'ERROR'      THEN 'error at Skribble'
            END
@@ -879,6 +886,12 @@ BEGIN
         cancelled_at    = CASE WHEN p_to = 'abgebrochen' THEN clock() ELSE a.cancelled_at END,
         cancel_reason   = CASE WHEN p_to = 'abgebrochen' THEN p_reason ELSE a.cancel_reason END
      WHERE a.id = p_id;
+    -- nothing is left to do at Skribble once all signed or it ended
+    IF p_to IN ('vollstaendig', 'abgebrochen') THEN
+        UPDATE work_items SET state = 'done', last_error = 'cancelled: request is ' || p_to,
+               leased_until = NULL, finished_at = clock()
+         WHERE request_id = p_id AND state = 'pending' AND kind <> 'archive';
+    END IF;
     IF p_to = 'vollstaendig' THEN
         PERFORM _enqueue(p_id, 'archive');
     END IF;
@@ -991,6 +1004,346 @@ COMMENT ON FUNCTION receive_webhook(jsonb, bytea) IS
     'Verifies a Standard Webhooks delivery (webhook-id/-timestamp/-signature) and records it; rejects with 28000';
 
 -------------------------------------------------------------------------------
+-- The worker's side (src/worker.c does the I/O; these functions hold the
+-- rules: which call a work item needs, and what an answer means)
+-------------------------------------------------------------------------------
+CREATE FUNCTION _url_escape(value text) RETURNS text
+    LANGUAGE c IMMUTABLE STRICT AS 'MODULE_PATHNAME', 'qes_sign_url_escape';
+
+-- a Skribble API call, as the worker sends it (path below qes_sign.skribble_url)
+CREATE TYPE api_call AS (item_id bigint, request_id uuid, kind text, method text,
+                         path text, body text);
+
+-- _signer_body is one entry of a create's "signatures" (or a signer added later)
+CREATE FUNCTION _signer_body(s signers, ordered boolean) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_strip_nulls(jsonb_build_object(
+        'signer_identity_data', jsonb_build_object(
+            'email_address', s.email, 'first_name', s.first_name, 'last_name', s.last_name,
+            'mobile_number', s.mobile, 'language', s.language),
+        'sequence', CASE WHEN ordered THEN s.sequence END))
+$$;
+
+-- _create_body is the POST /signature-requests body of a request: the PDF,
+-- its signers, quality and legislation, the signed callback URLs and our own
+-- id in "custom" (which makes a lost answer recoverable)
+CREATE FUNCTION _create_body(r signatur_anfragen) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_strip_nulls(jsonb_build_object(
+        'title', r.title, 'message', r.message,
+        'content', translate(encode(r.document, 'base64'), E'\n', ''),
+        'content_type', 'application/pdf',
+        'quality', r.quality, 'legislation', r.legislation,
+        'signatures', (SELECT jsonb_agg(qes_sign._signer_body(s, r.ordered) ORDER BY s.position)
+                         FROM qes_sign.signers s WHERE s.request_id = r.id AND s.status <> 'replaced'),
+        'custom', r.id::text,
+        'attach_on_success', jsonb_build_array('SIGNED_DOCUMENT', 'SIGNATURE_PROTOCOL')))
+        || CASE WHEN current_setting('qes_sign.callback_base_url') <> ''
+                THEN qes_sign.callback_urls(r.id) ELSE '{}' END
+$$;
+
+-- _call_for decides the HTTP call a claimed work item needs now
+CREATE FUNCTION _call_for(w work_items) RETURNS api_call
+LANGUAGE plpgsql AS $$
+DECLARE
+    r signatur_anfragen;
+    sr text;
+    old_sid text;
+    n signers;
+BEGIN
+    SELECT * INTO r FROM signatur_anfragen WHERE id = w.request_id;
+    sr := '/signature-requests/' || _url_escape(coalesce(r.skribble_id, ''));
+    CASE w.kind
+    WHEN 'submit' THEN
+        IF w.payload ? 'posted' THEN
+            -- a create whose outcome is unknown: look for it before sending again
+            RETURN ROW(w.id, r.id, 'search', 'GET', format('/signature-requests?search=%s&page_size=100&page_number=%s',
+                       _url_escape(r.title), coalesce(w.payload ->> 'page', '1')), NULL)::api_call;
+        END IF;
+        UPDATE work_items SET payload = payload || '{"posted": true}' WHERE id = w.id;
+        RETURN ROW(w.id, r.id, 'create', 'POST', '/signature-requests', _create_body(r)::text)::api_call;
+    WHEN 'refresh' THEN
+        RETURN ROW(w.id, r.id, 'get', 'GET', sr, NULL)::api_call;
+    WHEN 'remind' THEN
+        RETURN ROW(w.id, r.id, 'remind', 'POST', sr || '/remind', NULL)::api_call;
+    WHEN 'withdraw', 'expire' THEN
+        RETURN ROW(w.id, r.id, 'withdraw', 'POST', sr || '/withdraw', jsonb_build_object('message',
+                   CASE w.kind WHEN 'expire' THEN 'expired' ELSE coalesce(w.payload ->> 'reason', 'withdrawn') END)::text)::api_call;
+    WHEN 'replace_signer' THEN
+        SELECT s.sid INTO old_sid FROM signers s WHERE s.id = (w.payload ->> 'old_signer')::bigint;
+        IF coalesce(old_sid, w.payload ->> 'old_sid') IS NOT NULL AND NOT w.payload ? 'deleted' THEN
+            RETURN ROW(w.id, r.id, 'delete_signer', 'DELETE',
+                       sr || '/signatures/' || _url_escape(coalesce(old_sid, w.payload ->> 'old_sid')), NULL)::api_call;
+        END IF;
+        SELECT * INTO n FROM signers s WHERE s.id = (w.payload ->> 'new_signer')::bigint;
+        RETURN ROW(w.id, r.id, 'add_signer', 'POST', sr || '/signatures', _signer_body(n, r.ordered)::text)::api_call;
+    END CASE;
+END
+$$;
+
+-- _claim hands the worker up to n due work items, leased so that no other
+-- worker takes them; items of other kinds than submit wait for the request
+-- to exist at Skribble
+CREATE FUNCTION _claim(n int) RETURNS SETOF api_call
+LANGUAGE plpgsql SET search_path = pg_catalog, qes_sign AS $$
+DECLARE
+    item work_items;
+BEGIN
+    -- verified callbacks become one refresh per request; one already in
+    -- flight runs again when it is done, since it may have read older state
+    WITH d AS (UPDATE callback_inbox SET processed_at = clock()
+                WHERE processed_at IS NULL AND request_id IS NOT NULL RETURNING request_id)
+    INSERT INTO work_items AS x (request_id, kind)
+    SELECT DISTINCT d.request_id, 'refresh' FROM d
+      JOIN signatur_anfragen a ON a.id = d.request_id AND a.status IN ('offen', 'in_signatur')
+    ON CONFLICT (request_id, kind) WHERE state = 'pending' AND kind <> 'replace_signer'
+    DO UPDATE SET payload = x.payload || '{"again": true}' WHERE x.leased_until IS NOT NULL;
+    UPDATE callback_inbox SET processed_at = clock() WHERE processed_at IS NULL AND request_id IS NULL;
+
+    FOR item IN
+        WITH c AS (
+            SELECT w.id FROM work_items w JOIN signatur_anfragen a ON a.id = w.request_id
+             WHERE w.state = 'pending' AND w.due_at <= clock()
+               AND (w.leased_until IS NULL OR w.leased_until < clock())
+               AND w.kind <> 'archive'
+               AND (w.kind = 'submit' OR a.skribble_id IS NOT NULL)
+             ORDER BY w.due_at, w.id
+             LIMIT n
+               FOR UPDATE OF w SKIP LOCKED)
+        UPDATE work_items x SET leased_until = clock() + interval '10 minutes', attempts = x.attempts + 1
+          FROM c WHERE x.id = c.id
+        RETURNING x.*
+    LOOP
+        RETURN NEXT _call_for(item);
+    END LOOP;
+END
+$$;
+
+-- _next_due: milliseconds until the next work item is due (NULL: none)
+CREATE FUNCTION _next_due() RETURNS double precision
+LANGUAGE sql STABLE SET search_path = pg_catalog, qes_sign AS $$
+    SELECT greatest(0, extract(epoch FROM min(w.due_at) - clock()) * 1000)
+      FROM work_items w JOIN signatur_anfragen a ON a.id = w.request_id
+     WHERE w.state = 'pending' AND w.kind <> 'archive'
+       AND (w.leased_until IS NULL OR w.leased_until < clock())
+       AND (w.kind = 'submit' OR a.skribble_id IS NOT NULL)
+$$;
+
+-- _skribble_message reads Skribble's error text: the problem JSON's message,
+-- or an old-style text/plain body
+CREATE FUNCTION _skribble_message(body bytea, http_status int, OUT message text, OUT key text)
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    t text;
+    j jsonb;
+BEGIN
+    BEGIN
+        t := convert_from(body, 'UTF8');
+        j := t::jsonb;
+        message := j ->> 'message';
+        key := j ->> 'key';
+    EXCEPTION WHEN OTHERS THEN
+        message := left(btrim(t), 500);
+    END;
+    message := coalesce(nullif(message, ''), 'HTTP ' || http_status);
+END
+$$;
+
+-- _backoff: exponential with equal jitter, capped by qes_sign.retry_max_delay
+CREATE FUNCTION _backoff(attempts int) RETURNS interval
+LANGUAGE sql VOLATILE AS $$
+    SELECT least(current_setting('qes_sign.retry_max_delay')::interval,
+                 current_setting('qes_sign.retry_base_delay')::interval * power(2, least(attempts - 1, 30)))
+           * (0.5 + random() / 2)
+$$;
+
+-- _finish closes a work item (done or failed)
+CREATE FUNCTION _finish(p_item bigint, p_state text, p_error text DEFAULT NULL) RETURNS text
+LANGUAGE sql AS $$
+    UPDATE qes_sign.work_items SET state = p_state,
+           last_error = CASE WHEN p_state = 'done' THEN NULL ELSE coalesce(p_error, last_error) END,
+           leased_until = NULL, finished_at = qes_sign.clock()
+     WHERE id = p_item;
+    SELECT p_state
+$$;
+
+-- _again puts a work item back in the queue, due after p_delay
+CREATE FUNCTION _again(p_item bigint, p_delay interval, p_payload jsonb DEFAULT '{}',
+                       p_error text DEFAULT NULL, p_outcome text DEFAULT 'again') RETURNS text
+LANGUAGE sql AS $$
+    UPDATE qes_sign.work_items SET due_at = qes_sign.clock() + p_delay, leased_until = NULL,
+           payload = (payload || p_payload) - 'again', last_error = coalesce(p_error, last_error)
+     WHERE id = p_item;
+    SELECT p_outcome
+$$;
+
+-- _search_hit finds our request in a search answer by its custom field
+CREATE FUNCTION _search_hit(answer jsonb, p_id uuid) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT e FROM jsonb_array_elements(CASE jsonb_typeof(answer) WHEN 'array' THEN answer ELSE '[]' END) e
+     WHERE e ->> 'custom' = p_id::text LIMIT 1
+$$;
+
+-- _record_success applies a 2xx answer to the work item it answers
+CREATE FUNCTION _record_success(w work_items, call_kind text, answer jsonb) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    hit jsonb;
+BEGIN
+    CASE call_kind
+    WHEN 'search' THEN
+        hit := _search_hit(answer, w.request_id);
+        IF hit IS NOT NULL THEN
+            PERFORM apply_signature_request(w.request_id, hit);
+            PERFORM _emit(w.request_id, 'create_recovered', jsonb_build_object('skribble_id', hit ->> 'id'));
+            RETURN _finish(w.id, 'done');
+        ELSIF jsonb_array_length(answer) >= 100 THEN
+            RETURN _again(w.id, '0', jsonb_build_object('page', coalesce((w.payload ->> 'page')::int, 1) + 1));
+        END IF;
+        -- not created: send it (again)
+        UPDATE work_items SET payload = payload - 'posted' - 'page' WHERE id = w.id;
+        RETURN _again(w.id, '0');
+    WHEN 'create', 'get', 'withdraw', 'add_signer' THEN
+        PERFORM apply_signature_request(w.request_id, answer);
+        UPDATE signatur_anfragen SET synced_at = clock() WHERE id = w.request_id;
+        IF w.payload ? 'again' THEN
+            RETURN _again(w.id, '0');
+        END IF;
+    WHEN 'remind' THEN
+        PERFORM _emit(w.request_id, 'reminded', jsonb_strip_nulls(jsonb_build_object('auto', w.payload -> 'auto')));
+    WHEN 'delete_signer' THEN
+        RETURN _again(w.id, '0', '{"deleted": true}');
+    END CASE;
+    RETURN _finish(w.id, 'done');
+END
+$$;
+
+-- _record_final handles an answer that retrying cannot change (a 4xx)
+CREATE FUNCTION _record_final(w work_items, call_kind text, http_status int, message text, key text,
+                              gave_up boolean DEFAULT false)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    detail jsonb := jsonb_strip_nulls(jsonb_build_object('http_status', http_status, 'message', message, 'key', key));
+    reason text;
+BEGIN
+    PERFORM _finish(w.id, 'failed', CASE WHEN gave_up THEN message
+                                         ELSE format('HTTP %s: %s', http_status, message) END);
+    CASE
+    WHEN call_kind = 'remind' THEN
+        reason := CASE WHEN key = 'error.rate_limit.reminder' THEN 'reminder limit reached' ELSE message END;
+        PERFORM _emit(w.request_id, 'remind_failed', detail || jsonb_build_object('reason', reason));
+    WHEN call_kind = 'withdraw' THEN
+        -- most likely no longer open at Skribble: its state tells what happened
+        PERFORM _emit(w.request_id, w.kind || '_failed', detail);
+        PERFORM _enqueue(w.request_id, 'refresh');
+    WHEN call_kind IN ('delete_signer', 'add_signer') THEN
+        PERFORM _emit(w.request_id, 'replace_signer_failed', detail || jsonb_build_object('reason', message));
+    ELSE
+        -- the request itself was refused (e.g. 406 for a corrupt PDF) or is gone
+        reason := CASE WHEN gave_up THEN message
+                       ELSE format('rejected by Skribble: %s (HTTP %s)', message, http_status) END;
+        PERFORM _emit(w.request_id, 'skribble_error', detail || jsonb_build_object('call', call_kind));
+        PERFORM _transition(w.request_id, 'abgebrochen', reason);
+    END CASE;
+    RETURN 'failed';
+END
+$$;
+
+-- _record_result is what the worker calls with every answer (or transport
+-- error): success, final failure, or a retry with backoff or Retry-After
+CREATE FUNCTION _record_result(p_item bigint, call_kind text, http_status int, body bytea,
+                               retry_after int, transport_error text)
+RETURNS text LANGUAGE plpgsql SET search_path = pg_catalog, qes_sign AS $$
+DECLARE
+    w work_items;
+    m record;
+    answer jsonb;
+    failure text;
+BEGIN
+    SELECT * INTO w FROM work_items WHERE id = p_item FOR UPDATE;
+    IF NOT FOUND OR w.state <> 'pending' THEN
+        RETURN 'stale';
+    END IF;
+    IF transport_error IS NULL AND http_status BETWEEN 200 AND 299 THEN
+        BEGIN
+            answer := CASE WHEN length(body) > 0 THEN convert_from(body, 'UTF8')::jsonb END;
+        EXCEPTION WHEN OTHERS THEN
+            transport_error := 'answer is not JSON: ' || SQLERRM;
+        END;
+        IF transport_error IS NULL THEN
+            RETURN _record_success(w, call_kind, answer);
+        END IF;
+    END IF;
+    m := _skribble_message(body, http_status);
+    failure := coalesce(transport_error, format('HTTP %s: %s', http_status, m.message));
+    IF http_status = 429 AND m.key = 'error.rate_limit.reminder' OR
+       transport_error IS NULL AND http_status BETWEEN 400 AND 499
+       AND http_status NOT IN (401, 403, 408, 429) OR
+       http_status = 403 AND coalesce(m.key, '') NOT LIKE 'error.auth.%' THEN
+        RETURN _record_final(w, call_kind, http_status, m.message, m.key);
+    END IF;
+    IF w.attempts >= current_setting('qes_sign.retry_max_attempts')::int THEN
+        RETURN _record_final(w, call_kind, http_status,
+                             format('gave up after %s attempts (last: %s)', w.attempts, failure), NULL, true);
+    END IF;
+    RETURN _again(w.id, CASE WHEN http_status IN (429, 503) AND retry_after > 0
+                             THEN make_interval(secs => retry_after) ELSE _backoff(w.attempts) END,
+                  '{}', failure, 'retry');
+END
+$$;
+
+-- _tick is the worker's timer: reconciliation, expiry, own reminders, pruning
+CREATE FUNCTION _tick() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, qes_sign AS $$
+DECLARE
+    r signatur_anfragen;
+    schedule text[] := string_to_array(replace(current_setting('qes_sign.auto_remind'), ' ', ''), ',');
+BEGIN
+    -- lost callbacks only delay: fetch every open request now and then
+    INSERT INTO work_items (request_id, kind)
+    SELECT a.id, 'refresh' FROM signatur_anfragen a
+     WHERE a.status IN ('offen', 'in_signatur') AND a.skribble_id IS NOT NULL
+       AND coalesce(a.synced_at, a.sent_at) < clock() - current_setting('qes_sign.reconcile_interval')::interval
+    ON CONFLICT (request_id, kind) WHERE state = 'pending' AND kind <> 'replace_signer' DO NOTHING;
+
+    FOR r IN SELECT * FROM signatur_anfragen a
+              WHERE a.status IN ('offen', 'in_signatur') AND a.expires_at <= clock()
+                AND NOT EXISTS (SELECT FROM work_items w WHERE w.request_id = a.id AND w.kind = 'expire')
+                FOR UPDATE SKIP LOCKED LOOP
+        IF r.skribble_id IS NOT NULL THEN
+            PERFORM _enqueue(r.id, 'expire');
+        ELSIF NOT EXISTS (SELECT FROM work_items w WHERE w.request_id = r.id AND w.kind = 'submit'
+                            AND w.state = 'pending' AND (w.payload ? 'posted' OR w.leased_until IS NOT NULL)) THEN
+            PERFORM _transition(r.id, 'abgebrochen', 'expired');  -- never reached Skribble
+        END IF;
+    END LOOP;
+
+    IF array_length(schedule, 1) = 3 THEN
+        INSERT INTO work_items (request_id, kind, payload)
+        SELECT a.id, 'remind', '{"auto": true}' FROM signatur_anfragen a
+         CROSS JOIN LATERAL (SELECT count(*) AS n FROM work_items w
+                              WHERE w.request_id = a.id AND w.kind = 'remind' AND w.payload ? 'auto') k
+         WHERE a.status IN ('offen', 'in_signatur') AND a.skribble_id IS NOT NULL
+           AND k.n < schedule[3]::int
+           AND clock() >= a.sent_at + schedule[1]::interval + schedule[2]::interval * k.n
+        ON CONFLICT (request_id, kind) WHERE state = 'pending' AND kind <> 'replace_signer' DO NOTHING;
+    END IF;
+
+    DELETE FROM work_items WHERE state <> 'pending' AND finished_at < clock() - interval '30 days';
+    DELETE FROM callback_inbox WHERE processed_at < clock() - interval '30 days';
+END
+$$;
+
+-- _worker_started: a (re)started worker takes back what its predecessor had
+-- leased; a create in flight then is looked up before it is sent again
+CREATE FUNCTION _worker_started() RETURNS bigint
+LANGUAGE sql SET search_path = pg_catalog, qes_sign AS $$
+    WITH u AS (UPDATE work_items SET leased_until = NULL
+                WHERE state = 'pending' AND leased_until IS NOT NULL RETURNING 1)
+    SELECT count(*) FROM u
+$$;
+
+-------------------------------------------------------------------------------
 -- Reading: timeline, chain verification, overview, operator view
 -------------------------------------------------------------------------------
 CREATE FUNCTION timeline(id uuid)
@@ -1058,7 +1411,18 @@ UNION ALL
 SELECT 'inbox_unprocessed', count(*) FROM callback_inbox WHERE processed_at IS NULL
 UNION ALL
 SELECT name, value FROM counters();
-COMMENT ON VIEW operations IS 'Operator metrics: queue depth by kind, unprocessed callbacks, shared-memory counters';
+COMMENT ON VIEW operations IS
+    'Operator metrics: queue depth by kind, unprocessed callbacks, API calls, retries and calls in flight';
+
+CREATE VIEW request_errors AS
+SELECT DISTINCT ON (w.request_id)
+       w.request_id, a.verwaltung, a.status, w.kind, w.state, w.attempts, w.due_at,
+       w.last_error, coalesce(w.finished_at, w.created_at) AS at
+  FROM work_items w JOIN signatur_anfragen a ON a.id = w.request_id
+ WHERE w.last_error IS NOT NULL AND w.last_error NOT LIKE 'cancelled:%'
+ ORDER BY w.request_id, w.id DESC;
+COMMENT ON VIEW request_errors IS
+    'The last error of the worker''s calls per request (pending retries and failed work)';
 
 -------------------------------------------------------------------------------
 -- Row-level security and privileges

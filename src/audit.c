@@ -72,7 +72,9 @@ qes_sign_audit_chain(PG_FUNCTION_ARGS)
 	bytea	   *prev;
 	bytea	   *hash;
 	TimestampTz at = GetCurrentTimestamp();
-	text	   *actor = cstring_to_text(GetUserNameFromId(GetOuterUserId(), false));
+	/* the worker acts for nobody but itself; say so rather than its role */
+	text	   *actor = cstring_to_text(IsBackgroundWorker ? "qes_sign worker" :
+										GetUserNameFromId(GetOuterUserId(), false));
 	MemoryContext callercxt = CurrentMemoryContext;
 	MemoryContext spicxt;
 

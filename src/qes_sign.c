@@ -44,6 +44,13 @@ int			qes_expiry = 30 * 24 * 3600;
 char	   *qes_auto_remind = NULL;
 int			qes_reconcile_interval = 5 * 60 * 1000;
 int			qes_max_concurrency = 16;
+int			qes_max_host_connections = 16;
+int			qes_http_timeout = 60000;
+int			qes_http_connect_timeout = 10000;
+int			qes_retry_base_delay = 1000;
+int			qes_retry_max_delay = 600000;
+int			qes_retry_max_attempts = 50;
+int			qes_worker_restart_delay = 5;
 char	   *qes_ca_file = NULL;
 
 /* session */
@@ -71,6 +78,7 @@ static bool check_http_url(char **newval, void **extra, GucSource source);
 static void define_string(const char *name, const char *desc, char **var,
 						  const char *def, GucContext ctx, int flags,
 						  GucStringCheckHook check);
+static void define_ms(const char *name, const char *desc, int *var, int def);
 
 void		_PG_init(void);
 
@@ -140,6 +148,27 @@ _PG_init(void)
 							"HTTP calls the worker keeps in flight.",
 							NULL, &qes_max_concurrency, 16, 1, 1024,
 							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("qes_sign.max_host_connections",
+							"Connections the worker opens to one host.",
+							NULL, &qes_max_host_connections, 16, 1, 1024,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	define_ms("qes_sign.http_connect_timeout", "Connect timeout of API calls.",
+			  &qes_http_connect_timeout, 10000);
+	define_ms("qes_sign.http_timeout", "Total timeout of one API call.",
+			  &qes_http_timeout, 60000);
+	define_ms("qes_sign.retry_base_delay",
+			  "First delay before an API call is retried (doubles each time).",
+			  &qes_retry_base_delay, 1000);
+	define_ms("qes_sign.retry_max_delay", "Longest delay between retries.",
+			  &qes_retry_max_delay, 600000);
+	DefineCustomIntVariable("qes_sign.retry_max_attempts",
+							"Attempts before a failing API call is given up.",
+							NULL, &qes_retry_max_attempts, 50, 1, 1000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomIntVariable("qes_sign.worker_restart_delay",
+							"Seconds before a crashed worker is restarted.",
+							NULL, &qes_worker_restart_delay, 5, 1, 3600,
+							PGC_POSTMASTER, GUC_UNIT_S, NULL, NULL, NULL);
 	define_string("qes_sign.ca_file", "Extra CA bundle for TLS.",
 				  &qes_ca_file, "", PGC_SIGHUP, 0, NULL);
 	define_string("qes_sign.verwaltung",
@@ -151,6 +180,8 @@ _PG_init(void)
 
 	MarkGUCPrefixReserved("qes_sign");
 	qes_shmem_init();
+	if (process_shared_preload_libraries_in_progress)
+		qes_worker_register();
 }
 
 /*
@@ -163,6 +194,16 @@ define_string(const char *name, const char *desc, char **var,
 {
 	DefineCustomStringVariable(name, desc, NULL, var, def, ctx, flags,
 							   check, NULL, NULL);
+}
+
+/*
+ * define_ms defines a reloadable duration in milliseconds.
+ */
+static void
+define_ms(const char *name, const char *desc, int *var, int def)
+{
+	DefineCustomIntVariable(name, desc, NULL, var, def, 1, INT_MAX, PGC_SIGHUP,
+							GUC_UNIT_MS, NULL, NULL, NULL);
 }
 
 /*

@@ -18,6 +18,16 @@
 #define QES_SHA256_LEN 32
 
 /* GUC variables (qes_sign.c) */
+extern char *qes_database;
+extern char *qes_skribble_url;
+extern char *qes_skribble_username;
+extern char *qes_skribble_api_key;
+extern char *qes_ca_file;
+extern int	qes_max_concurrency;
+extern int	qes_max_host_connections;
+extern int	qes_http_timeout;
+extern int	qes_http_connect_timeout;
+extern int	qes_worker_restart_delay;
 extern char *qes_callback_base_url;
 extern char *qes_callback_secret;
 extern char *qes_webhook_secrets;
@@ -46,11 +56,21 @@ typedef enum QesCounter
 	QES_CALLBACKS_REJECTED,
 	QES_WEBHOOKS_ACCEPTED,
 	QES_WEBHOOKS_REJECTED,
+	QES_API_CALLS,
+	QES_API_RETRIES,
+	QES_API_FAILURES,
+	QES_LOGINS,
+	QES_LOGIN_FAILURES,
 	QES_NUM_COUNTERS
 } QesCounter;
 
 extern void qes_shmem_init(void);
 extern void qes_count(QesCounter counter);
+extern void qes_set_in_flight(int n);
+extern void qes_worker_attach_slot(void);
+
+/* worker.c */
+extern void qes_worker_register(void);
 extern void qes_wake_at_commit(void);
 extern void qes_wake_workers(void);
 

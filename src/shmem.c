@@ -9,6 +9,8 @@
  */
 #include "qes_sign.h"
 
+#include <time.h>
+
 #include "access/xact.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -25,17 +27,32 @@ typedef struct QesWorkerSlot
 {
 	Oid			dboid;			/* InvalidOid when the slot is free */
 	int			procno;			/* index into ProcGlobal->allProcs */
+	int			in_flight;		/* the worker's HTTP calls in flight */
 } QesWorkerSlot;
+
+/* API calls and retries of the last minute, in one-second buckets */
+#define QES_RATE_SLOTS 60
+
+typedef struct QesRate
+{
+	int64		second;			/* the Unix second a slot counts */
+	uint64		calls;
+	uint64		retries;
+} QesRate;
 
 typedef struct QesShared
 {
 	pg_atomic_uint64 counters[QES_NUM_COUNTERS];
-	slock_t		mutex;			/* protects workers[] */
+	slock_t		mutex;			/* protects workers[] and rate[] */
 	QesWorkerSlot workers[QES_MAX_WORKERS];
+	QesRate		rate[QES_RATE_SLOTS];
 } QesShared;
 
 static QesShared *qes_shared = NULL;
 static bool wake_pending = false;
+static int	my_slot = -1;		/* this worker's slot, or -1 */
+
+static void detach_slot(int code, Datum arg);
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -48,7 +65,12 @@ static const char *const counter_names[QES_NUM_COUNTERS] = {
 	"callbacks_accepted",
 	"callbacks_rejected",
 	"webhooks_accepted",
-	"webhooks_rejected"
+	"webhooks_rejected",
+	"api_calls",
+	"api_retries",
+	"api_failures",
+	"logins",
+	"login_failures"
 };
 
 /*
@@ -92,6 +114,7 @@ qes_shmem_startup(void)
 			pg_atomic_init_u64(&qes_shared->counters[i], 0);
 		SpinLockInit(&qes_shared->mutex);
 		memset(qes_shared->workers, 0, sizeof(qes_shared->workers));
+		memset(qes_shared->rate, 0, sizeof(qes_shared->rate));
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -103,8 +126,108 @@ qes_shmem_startup(void)
 void
 qes_count(QesCounter counter)
 {
-	if (qes_shared)
-		pg_atomic_fetch_add_u64(&qes_shared->counters[counter], 1);
+	if (!qes_shared)
+		return;
+	pg_atomic_fetch_add_u64(&qes_shared->counters[counter], 1);
+	if (counter == QES_API_CALLS || counter == QES_API_RETRIES)
+	{
+		int64		sec = (int64) time(NULL);
+		QesRate    *r = &qes_shared->rate[sec % QES_RATE_SLOTS];
+
+		SpinLockAcquire(&qes_shared->mutex);
+		if (r->second != sec)
+		{
+			r->second = sec;
+			r->calls = r->retries = 0;
+		}
+		if (counter == QES_API_CALLS)
+			r->calls++;
+		else
+			r->retries++;
+		SpinLockRelease(&qes_shared->mutex);
+	}
+}
+
+/*
+ * last_minute sums the calls (or retries) of the last 60 seconds.
+ */
+static uint64
+last_minute(bool retries)
+{
+	int64		now = (int64) time(NULL);
+	uint64		sum = 0;
+
+	SpinLockAcquire(&qes_shared->mutex);
+	for (int i = 0; i < QES_RATE_SLOTS; i++)
+		if (qes_shared->rate[i].second > now - QES_RATE_SLOTS)
+			sum += retries ? qes_shared->rate[i].retries : qes_shared->rate[i].calls;
+	SpinLockRelease(&qes_shared->mutex);
+	return sum;
+}
+
+/*
+ * qes_set_in_flight publishes the worker's calls in flight.
+ */
+void
+qes_set_in_flight(int n)
+{
+	if (!qes_shared || my_slot < 0)
+		return;
+	SpinLockAcquire(&qes_shared->mutex);
+	qes_shared->workers[my_slot].in_flight = n;
+	SpinLockRelease(&qes_shared->mutex);
+}
+
+/*
+ * qes_worker_attach_slot registers the calling worker, so that commits can
+ * set its latch; the slot is freed when the process exits.
+ */
+void
+qes_worker_attach_slot(void)
+{
+	if (!qes_shared)
+		return;
+	SpinLockAcquire(&qes_shared->mutex);
+	for (int i = 0; i < QES_MAX_WORKERS && my_slot < 0; i++)
+		if (!OidIsValid(qes_shared->workers[i].dboid))
+		{
+			qes_shared->workers[i].dboid = MyDatabaseId;
+			qes_shared->workers[i].procno = MyProc->pgprocno;
+			qes_shared->workers[i].in_flight = 0;
+			my_slot = i;
+		}
+	SpinLockRelease(&qes_shared->mutex);
+	if (my_slot < 0)
+		ereport(FATAL,
+				(errmsg("too many qes_sign workers"),
+				 errdetail("At most %d databases can be served.", QES_MAX_WORKERS)));
+	before_shmem_exit(detach_slot, (Datum) 0);
+}
+
+static void
+detach_slot(int code, Datum arg)
+{
+	SpinLockAcquire(&qes_shared->mutex);
+	qes_shared->workers[my_slot].dboid = InvalidOid;
+	qes_shared->workers[my_slot].in_flight = 0;
+	SpinLockRelease(&qes_shared->mutex);
+	my_slot = -1;
+}
+
+/*
+ * calls_in_flight sums the published in-flight counts of all workers.
+ */
+static uint64
+calls_in_flight(void)
+{
+	uint64		n = 0;
+
+	SpinLockAcquire(&qes_shared->mutex);
+	for (int i = 0; i < QES_MAX_WORKERS; i++)
+		if (OidIsValid(qes_shared->workers[i].dboid))
+			n += qes_shared->workers[i].in_flight;
+	SpinLockRelease(&qes_shared->mutex);
+	return n;
 }
 
 /*
@@ -221,6 +344,21 @@ qes_sign_wake_at_commit(PG_FUNCTION_ARGS)
 }
 
 /*
+ * put_counter adds one (name, value) row; value is NULL without shared
+ * memory.
+ */
+static void
+put_counter(ReturnSetInfo *rsinfo, const char *name, uint64 value)
+{
+	Datum		values[2];
+	bool		nulls[2] = {false, qes_shared == NULL};
+
+	values[0] = CStringGetTextDatum(name);
+	values[1] = Int64GetDatum((int64) value);
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+}
+
+/*
  * qes_sign_counters returns the operator counters as (name, value) rows;
  * value is NULL when the library is not preloaded.
  */
@@ -231,17 +369,10 @@ qes_sign_counters(PG_FUNCTION_ARGS)
 
 	InitMaterializedSRF(fcinfo, 0);
 	for (int i = 0; i < QES_NUM_COUNTERS; i++)
-	{
-		Datum		values[2];
-		bool		nulls[2] = {false, false};
-
-		values[0] = CStringGetTextDatum(counter_names[i]);
-		if (qes_shared)
-			values[1] = Int64GetDatum((int64)
-									  pg_atomic_read_u64(&qes_shared->counters[i]));
-		else
-			nulls[1] = true;
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-	}
+		put_counter(rsinfo, counter_names[i], qes_shared ?
+					pg_atomic_read_u64(&qes_shared->counters[i]) : 0);
+	put_counter(rsinfo, "calls_in_flight", qes_shared ? calls_in_flight() : 0);
+	put_counter(rsinfo, "api_calls_last_minute", qes_shared ? last_minute(false) : 0);
+	put_counter(rsinfo, "api_retries_last_minute", qes_shared ? last_minute(true) : 0);
 	return (Datum) 0;
 }

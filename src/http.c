@@ -1,0 +1,321 @@
+/*-------------------------------------------------------------------------
+ *
+ * http.c
+ *		The worker's HTTP layer: one libcurl multi handle with up to
+ *		qes_sign.max_concurrency calls in flight, per-host connection bound,
+ *		timeouts and TLS verification from the GUCs.  libcurl's callbacks
+ *		never ereport; the progress callback aborts transfers as soon as the
+ *		process is asked to stop, so a fast shutdown is prompt.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "qes_sign.h"
+
+#include "miscadmin.h"
+#include "postmaster/interrupt.h"
+#include "utils/memutils.h"
+
+#include "http.h"
+
+/* responses above this size fail the call (a document is at most 40 MB) */
+#define QES_MAX_RESPONSE (100 * 1024 * 1024)
+
+static CURLM *multi = NULL;
+static int	in_flight = 0;
+static dlist_head running = DLIST_STATIC_INIT(running);
+
+static size_t on_data(char *ptr, size_t size, size_t nmemb, void *userdata);
+static int	on_progress(void *clientp, curl_off_t dltotal, curl_off_t dlnow,
+						curl_off_t ultotal, curl_off_t ulnow);
+
+/*
+ * qes_http_init sets libcurl up once per worker process.
+ */
+void
+qes_http_init(void)
+{
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+		elog(FATAL, "could not initialise libcurl");
+	multi = curl_multi_init();
+	if (multi == NULL)
+		elog(FATAL, "could not create a libcurl multi handle");
+	qes_http_configure();
+}
+
+/*
+ * qes_http_configure applies the connection bounds (again after a reload).
+ */
+void
+qes_http_configure(void)
+{
+	curl_multi_setopt(multi, CURLMOPT_MAX_HOST_CONNECTIONS,
+					  (long) qes_max_host_connections);
+	curl_multi_setopt(multi, CURLMOPT_MAX_TOTAL_CONNECTIONS,
+					  (long) qes_max_concurrency);
+	curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, (long) qes_max_concurrency);
+}
+
+/*
+ * qes_call_new makes an empty call in its own memory context.
+ */
+QesCall *
+qes_call_new(MemoryContext parent, const char *kind, const char *method,
+			 const char *url)
+{
+	MemoryContext cxt = AllocSetContextCreate(parent, "qes_sign call",
+											  ALLOCSET_SMALL_SIZES);
+	QesCall    *call = MemoryContextAllocZero(cxt, sizeof(QesCall));
+
+	call->cxt = cxt;
+	call->kind = MemoryContextStrdup(cxt, kind);
+	call->method = MemoryContextStrdup(cxt, method);
+	call->url = MemoryContextStrdup(cxt, url);
+	return call;
+}
+
+/*
+ * qes_call_reset forgets an answer, so the call can be sent again.
+ */
+void
+qes_call_reset(QesCall *call)
+{
+	free(call->resp);
+	call->resp = NULL;
+	call->resp_len = call->resp_cap = 0;
+	call->resp_too_big = false;
+	call->status = 0;
+	call->retry_after = 0;
+	call->result = CURLE_OK;
+	call->errbuf[0] = '\0';
+}
+
+void
+qes_call_free(QesCall *call)
+{
+	qes_http_release(call);
+	free(call->resp);
+	MemoryContextDelete(call->cxt);
+}
+
+/*
+ * qes_call_error describes a transport failure, or returns NULL when the
+ * server answered.
+ */
+const char *
+qes_call_error(QesCall *call)
+{
+	if (call->resp_too_big)
+		return "answer larger than 100 MB";
+	if (call->result == CURLE_OK)
+		return NULL;
+	return call->errbuf[0] ? call->errbuf : curl_easy_strerror(call->result);
+}
+
+/*
+ * set_request puts headers and body of a call on its easy handle.
+ */
+static void
+set_request(QesCall *call, const char *bearer)
+{
+	CURL	   *e = call->easy;
+	struct curl_slist *h = NULL;
+
+	h = curl_slist_append(h, "Accept: application/json");
+	h = curl_slist_append(h, "Expect:");	/* no 100-continue round trip */
+	if (call->content_type)
+	{
+		char		ct[96];
+
+		snprintf(ct, sizeof(ct), "Content-Type: %s", call->content_type);
+		h = curl_slist_append(h, ct);
+	}
+	if (bearer)
+	{
+		char	   *auth = psprintf("Authorization: Bearer %s", bearer);
+
+		h = curl_slist_append(h, auth);
+		pfree(auth);
+	}
+	call->headers = h;
+	curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
+
+	if (strcmp(call->method, "GET") != 0)
+	{
+		curl_easy_setopt(e, CURLOPT_POSTFIELDS, call->body ? call->body : "");
+		curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
+						 (curl_off_t) (call->body ? call->body_len : 0));
+		if (strcmp(call->method, "POST") != 0)
+			curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, call->method);
+	}
+}
+
+/*
+ * qes_http_start puts a call in flight.  On failure (no handle) the call is
+ * left with an error and false is returned: the caller records it.
+ */
+bool
+qes_http_start(QesCall *call, const char *bearer)
+{
+	CURL	   *e = curl_easy_init();
+
+	qes_call_reset(call);
+	if (e == NULL)
+	{
+		call->result = CURLE_FAILED_INIT;
+		return false;
+	}
+	call->easy = e;
+	curl_easy_setopt(e, CURLOPT_URL, call->url);
+	curl_easy_setopt(e, CURLOPT_PRIVATE, call);
+	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, call->errbuf);
+	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long) qes_http_connect_timeout);
+	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long) qes_http_timeout);
+	curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+	curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+	if (qes_ca_file && qes_ca_file[0])
+		curl_easy_setopt(e, CURLOPT_CAINFO, qes_ca_file);
+	curl_easy_setopt(e, CURLOPT_USERAGENT, "qes_sign/1.0");
+	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_data);
+	curl_easy_setopt(e, CURLOPT_WRITEDATA, call);
+	curl_easy_setopt(e, CURLOPT_NOPROGRESS, 0L);
+	curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, on_progress);
+	set_request(call, bearer);
+
+	if (curl_multi_add_handle(multi, e) != CURLM_OK)
+	{
+		qes_http_release(call);
+		call->result = CURLE_FAILED_INIT;
+		return false;
+	}
+	dlist_push_tail(&running, &call->node);
+	in_flight++;
+	return true;
+}
+
+/*
+ * qes_http_wait drives the transfers for at most timeout_ms and moves the
+ * finished calls to *done.  Returns how many finished.
+ */
+int
+qes_http_wait(int timeout_ms, dlist_head *done)
+{
+	CURLMsg    *msg;
+	int			still;
+	int			msgs;
+	int			n = 0;
+
+	curl_multi_poll(multi, NULL, 0, timeout_ms, NULL);
+	curl_multi_perform(multi, &still);
+	while ((msg = curl_multi_info_read(multi, &msgs)) != NULL)
+	{
+		QesCall    *call;
+
+		if (msg->msg != CURLMSG_DONE)
+			continue;
+		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &call);
+		call->result = msg->data.result;
+		curl_easy_getinfo(call->easy, CURLINFO_RESPONSE_CODE, &call->status);
+		curl_easy_getinfo(call->easy, CURLINFO_RETRY_AFTER,
+						  &call->retry_after);
+		qes_http_release(call);
+		dlist_delete(&call->node);
+		dlist_push_tail(done, &call->node);
+		in_flight--;
+		n++;
+	}
+	return n;
+}
+
+/*
+ * qes_http_release frees a call's easy handle and headers (idempotent).
+ */
+void
+qes_http_release(QesCall *call)
+{
+	if (call->easy)
+	{
+		curl_multi_remove_handle(multi, call->easy);
+		curl_easy_cleanup(call->easy);
+		call->easy = NULL;
+	}
+	if (call->headers)
+	{
+		curl_slist_free_all(call->headers);
+		call->headers = NULL;
+	}
+}
+
+int
+qes_http_in_flight(void)
+{
+	return in_flight;
+}
+
+/*
+ * qes_http_shutdown aborts every transfer at process exit (on_proc_exit).
+ */
+void
+qes_http_shutdown(int code, Datum arg)
+{
+	dlist_mutable_iter iter;
+
+	dlist_foreach_modify(iter, &running)
+	{
+		QesCall    *call = dlist_container(QesCall, node, iter.cur);
+
+		qes_http_release(call);
+		free(call->resp);
+		call->resp = NULL;
+		dlist_delete(iter.cur);
+	}
+	in_flight = 0;
+	if (multi)
+		curl_multi_cleanup(multi);
+	multi = NULL;
+	curl_global_cleanup();
+}
+
+/*
+ * on_data appends to the call's malloc'd buffer; returning less than asked
+ * makes libcurl fail the transfer (no ereport here).
+ */
+static size_t
+on_data(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+	QesCall    *call = (QesCall *) userdata;
+	size_t		n = size * nmemb;
+
+	if (call->resp_len + n + 1 > call->resp_cap)
+	{
+		size_t		cap = Max(call->resp_cap * 2, call->resp_len + n + 1);
+		char	   *grown;
+
+		if (cap > QES_MAX_RESPONSE)
+		{
+			call->resp_too_big = true;
+			return 0;
+		}
+		grown = realloc(call->resp, Max(cap, 4096));
+		if (grown == NULL)
+			return 0;
+		call->resp = grown;
+		call->resp_cap = Max(cap, 4096);
+	}
+	memcpy(call->resp + call->resp_len, ptr, n);
+	call->resp_len += n;
+	call->resp[call->resp_len] = '\0';
+	return n;
+}
+
+/*
+ * on_progress aborts transfers when the process must stop (SIGTERM, fast
+ * shutdown, pg_terminate_backend): only flags are read here.
+ */
+static int
+on_progress(void *clientp, curl_off_t dltotal, curl_off_t dlnow,
+			curl_off_t ultotal, curl_off_t ulnow)
+{
+	return (ProcDiePending || ShutdownRequestPending) ? 1 : 0;
+}

@@ -1,0 +1,73 @@
+/*-------------------------------------------------------------------------
+ *
+ * http.h
+ *		The worker's HTTP layer (http.c) and Skribble client (skribble.c).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef QES_HTTP_H
+#define QES_HTTP_H
+
+#include <curl/curl.h>
+
+#include "lib/ilist.h"
+
+/*
+ * One HTTP call of the worker.  The request lives in the call's memory
+ * context; the response buffer is malloc'd, because libcurl's callbacks
+ * must not ereport (palloc can).
+ */
+typedef struct QesCall
+{
+	dlist_node	node;
+	MemoryContext cxt;
+
+	/* what to send */
+	int64		item_id;		/* work item, or 0 for a login */
+	char	   *kind;			/* create, get, search, remind, ... */
+	char	   *method;
+	char	   *url;
+	char	   *body;			/* NULL: none */
+	size_t		body_len;
+	const char *content_type;
+	int			token_gen;		/* login generation of the token sent */
+	bool		auth_retried;
+
+	/* what came back */
+	CURL	   *easy;
+	struct curl_slist *headers;
+	CURLcode	result;
+	long		status;
+	curl_off_t	retry_after;	/* seconds, 0 if none */
+	char	   *resp;
+	size_t		resp_len;
+	size_t		resp_cap;
+	bool		resp_too_big;
+	char		errbuf[CURL_ERROR_SIZE];
+} QesCall;
+
+/* http.c */
+extern void qes_http_init(void);
+extern void qes_http_configure(void);
+extern bool qes_http_start(QesCall *call, const char *bearer);
+extern int	qes_http_wait(int timeout_ms, dlist_head *done);
+extern void qes_http_release(QesCall *call);
+extern void qes_http_shutdown(int code, Datum arg);
+extern int	qes_http_in_flight(void);
+extern QesCall *qes_call_new(MemoryContext parent, const char *kind,
+							 const char *method, const char *url);
+extern void qes_call_free(QesCall *call);
+extern void qes_call_reset(QesCall *call);
+extern const char *qes_call_error(QesCall *call);
+
+/* skribble.c */
+extern bool qes_skribble_have_token(void);
+extern const char *qes_skribble_token(int *generation);
+extern QesCall *qes_skribble_login_call(MemoryContext parent);
+extern bool qes_skribble_take_login(QesCall *call);
+extern bool qes_skribble_auth_failed(QesCall *call);
+extern void qes_skribble_forget_token(int generation);
+extern char *qes_api_url(const char *path);
+extern char *qes_json_top_field(const char *json, size_t len, const char *field);
+
+#endif							/* QES_HTTP_H */

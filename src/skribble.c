@@ -1,0 +1,266 @@
+/*-------------------------------------------------------------------------
+ *
+ * skribble.c
+ *		The Skribble client's session: login with username and api-key, the
+ *		JWT kept until shortly before its "exp" (Skribble has no refresh),
+ *		and telling an expired or invalid token (401, or 403 with
+ *		error.auth.token_*) from other refusals.  What each work item sends
+ *		is decided in SQL (qes_sign._call_for); JSON is read with
+ *		PostgreSQL's own parser.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "qes_sign.h"
+
+#include "common/jsonapi.h"
+#include "mb/pg_wchar.h"
+#include "utils/json.h"
+#include "utils/memutils.h"
+
+#include "http.h"
+
+/* renew this long before the token's exp */
+#define QES_TOKEN_MARGIN_S 60
+/* assumed lifetime of a token whose exp cannot be read */
+#define QES_TOKEN_DEFAULT_S (15 * 60)
+
+static char *token = NULL;		/* in TopMemoryContext */
+static TimestampTz token_expires = 0;
+static int	token_generation = 0;
+
+/*
+ * qes_api_url joins the API base and a path (palloc'd).
+ */
+char *
+qes_api_url(const char *path)
+{
+	size_t		len = strlen(qes_skribble_url);
+
+	while (len > 0 && qes_skribble_url[len - 1] == '/')
+		len--;
+	return psprintf("%.*s%s", (int) len, qes_skribble_url, path);
+}
+
+bool
+qes_skribble_have_token(void)
+{
+	return token != NULL &&
+		GetCurrentTimestamp() < token_expires - QES_TOKEN_MARGIN_S * USECS_PER_SEC;
+}
+
+const char *
+qes_skribble_token(int *generation)
+{
+	*generation = token_generation;
+	return token;
+}
+
+/*
+ * qes_skribble_forget_token drops the token a refused call was sent with,
+ * unless a newer one has arrived meanwhile.
+ */
+void
+qes_skribble_forget_token(int generation)
+{
+	if (generation == token_generation && token != NULL)
+	{
+		pfree(token);
+		token = NULL;
+	}
+}
+
+/*
+ * qes_skribble_login_call builds POST /access/login with the credentials
+ * as JSON (the key is "api-key", with a hyphen).
+ */
+QesCall *
+qes_skribble_login_call(MemoryContext parent)
+{
+	QesCall    *call;
+	StringInfoData body;
+	MemoryContext old;
+
+	call = qes_call_new(parent, "login", "POST", "");
+	old = MemoryContextSwitchTo(call->cxt);
+	call->url = qes_api_url("/access/login");
+	initStringInfo(&body);
+	appendStringInfoString(&body, "{\"username\":");
+	escape_json(&body, qes_skribble_username);
+	appendStringInfoString(&body, ",\"api-key\":");
+	escape_json(&body, qes_skribble_api_key);
+	appendStringInfoChar(&body, '}');
+	call->body = body.data;
+	call->body_len = body.len;
+	call->content_type = "application/json";
+	MemoryContextSwitchTo(old);
+	return call;
+}
+
+/*
+ * jwt_expiry reads "exp" (seconds since the epoch) from a JWT's payload.
+ */
+static TimestampTz
+jwt_expiry(const char *jwt)
+{
+	const char *p1 = strchr(jwt, '.');
+	const char *p2 = p1 ? strchr(p1 + 1, '.') : NULL;
+	StringInfoData b64;
+	unsigned char *json;
+	int			len;
+	char	   *exp;
+	char	   *end;
+	double		secs;
+
+	if (p2 == NULL || p2 - p1 - 1 > 8192)
+		return 0;
+	/* base64url without padding, as JWTs have it, to standard base64 */
+	initStringInfo(&b64);
+	for (const char *c = p1 + 1; c < p2; c++)
+		appendStringInfoChar(&b64, *c == '-' ? '+' : *c == '_' ? '/' : *c);
+	while (b64.len % 4 != 0)
+		appendStringInfoChar(&b64, '=');
+	json = palloc(b64.len);
+	len = qes_base64_decode(b64.data, b64.len, json, b64.len);
+	if (len <= 0)
+		return 0;
+	exp = qes_json_top_field((char *) json, len, "exp");
+	if (exp == NULL)
+		return 0;
+	secs = strtod(exp, &end);
+	if (*end != '\0' || secs <= 0)
+		return 0;
+	return (TimestampTz) ((secs - ((POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY))
+						  * USECS_PER_SEC);
+}
+
+/*
+ * qes_skribble_take_login keeps the token of a successful login (the body
+ * is the bare JWT, text/plain).  Returns false, with a warning that names
+ * the status but never the credentials, if the login failed.
+ */
+bool
+qes_skribble_take_login(QesCall *call)
+{
+	const char *err = qes_call_error(call);
+	char	   *jwt;
+	TimestampTz exp;
+
+	if (err == NULL && call->status >= 200 && call->status < 300 &&
+		call->resp != NULL)
+	{
+		jwt = pstrdup(call->resp);
+		jwt = pstrdup(jwt + strspn(jwt, " \t\r\n\""));
+		jwt[strcspn(jwt, " \t\r\n\"")] = '\0';
+		if (strchr(jwt, '.') != NULL)
+		{
+			exp = jwt_expiry(jwt);
+			if (exp == 0)
+				exp = GetCurrentTimestamp() + QES_TOKEN_DEFAULT_S * USECS_PER_SEC;
+			if (token)
+				pfree(token);
+			token = MemoryContextStrdup(TopMemoryContext, jwt);
+			token_expires = exp;
+			token_generation++;
+			qes_count(QES_LOGINS);
+			return true;
+		}
+	}
+	qes_count(QES_LOGIN_FAILURES);
+	ereport(WARNING,
+			(errmsg("qes_sign: Skribble login failed: %s",
+					err ? err : psprintf("HTTP %ld", call->status)),
+			 errhint("Check qes_sign.skribble_url, qes_sign.skribble_username and qes_sign.skribble_api_key.")));
+	return false;
+}
+
+/*
+ * qes_skribble_auth_failed tells whether a call was refused for its token:
+ * 401, or 403 with key error.auth.token_expired / error.auth.token_invalid.
+ */
+bool
+qes_skribble_auth_failed(QesCall *call)
+{
+	char	   *key;
+
+	if (qes_call_error(call) != NULL)
+		return false;
+	if (call->status == 401)
+		return true;
+	if (call->status != 403 || call->resp == NULL)
+		return false;
+	key = qes_json_top_field(call->resp, call->resp_len, "key");
+	return key != NULL && strncmp(key, "error.auth.token_", 17) == 0;
+}
+
+/* state of qes_json_top_field's parse */
+typedef struct FieldSearch
+{
+	JsonLexContext *lex;
+	const char *field;
+	bool		in_field;
+	char	   *value;
+} FieldSearch;
+
+static void
+field_start(void *state, char *fname, bool isnull)
+{
+	FieldSearch *s = state;
+
+	s->in_field = (s->lex->lex_level == 1 && strcmp(fname, s->field) == 0);
+}
+
+static void
+field_scalar(void *state, char *token, JsonTokenType type)
+{
+	FieldSearch *s = state;
+
+	if (s->in_field && s->lex->lex_level == 1 && type != JSON_TOKEN_NULL)
+		s->value = token;
+	s->in_field = false;
+}
+
+/*
+ * qes_json_top_field returns the scalar value of a top-level field of a
+ * JSON object as text, or NULL (absent, not a scalar, or not JSON).  It uses
+ * PostgreSQL's JSON parser, which reports errors instead of raising them.
+ */
+char *
+qes_json_top_field(const char *json, size_t len, const char *field)
+{
+	FieldSearch s = {0};
+	JsonSemAction sem = {0};
+
+	if (len > INT_MAX || pg_verify_mbstr(PG_UTF8, json, len, true) == false)
+		return NULL;
+	s.lex = makeJsonLexContextCstringLen(unconstify(char *, json), (int) len,
+										 PG_UTF8, true);
+	s.field = field;
+	sem.semstate = &s;
+	sem.object_field_start = field_start;
+	sem.scalar = field_scalar;
+	if (pg_parse_json(s.lex, &sem) != JSON_SUCCESS)
+		return NULL;
+	return s.value;
+}
+
+PG_FUNCTION_INFO_V1(qes_sign_url_escape);
+
+/*
+ * qes_sign_url_escape percent-encodes a path segment or query value for the
+ * calls SQL builds (libcurl's escaping, not a home-made one).
+ */
+Datum
+qes_sign_url_escape(PG_FUNCTION_ARGS)
+{
+	text	   *in = PG_GETARG_TEXT_PP(0);
+	char	   *esc = curl_easy_escape(NULL, VARDATA_ANY(in), VARSIZE_ANY_EXHDR(in));
+	text	   *out;
+
+	if (esc == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory")));
+	out = cstring_to_text(esc);
+	curl_free(esc);
+	PG_RETURN_TEXT_P(out);
+}

@@ -1,0 +1,540 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *		The background worker: one per database in qes_sign.database.  It
+ *		sleeps on its latch (set at commit by the API functions), claims due
+ *		work items in a short transaction, does the Skribble calls outside
+ *		any transaction with many in flight (http.c), and records the
+ *		answers in another short transaction.  The rules (which call, what
+ *		an answer means, retries) are SQL functions: _claim, _record_result
+ *		and _tick.  On a hot standby it waits for promotion.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "qes_sign.h"
+
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/varlena.h"
+
+#include "http.h"
+
+/* the timer: reconciliation, expiry and due retries are looked at this often */
+#define QES_TICK_MS 1000
+/* while calls are in flight, new work is noticed within this time */
+#define QES_BUSY_POLL_MS 20
+
+typedef struct WorkerState
+{
+	MemoryContext calls_cxt;	/* parent of every call's context */
+	dlist_head	waiting;		/* refused for their token: resend after login */
+	dlist_head	unsent;			/* could not be started: record as failed */
+	QesCall    *login;			/* login in flight, or NULL */
+	int			login_failures;
+	TimestampTz next_login;
+	TimestampTz next_tick;
+	TimestampTz next_claim;
+	bool		claim_now;		/* woken by a commit: new work may be there */
+	bool		attached;		/* extension found, leases taken back */
+} WorkerState;
+
+static SPIPlanPtr record_plan = NULL;
+static SPIPlanPtr claim_plan = NULL;
+
+PGDLLEXPORT void qes_worker_main(Datum arg);
+
+/*
+ * qes_worker_register starts one worker per database named in
+ * qes_sign.database (called from _PG_init while preloading).
+ */
+void
+qes_worker_register(void)
+{
+	char	   *list = pstrdup(qes_database);
+	List	   *names;
+	ListCell   *lc;
+
+	if (!SplitGUCList(list, ',', &names))
+	{
+		ereport(LOG,
+				(errmsg("qes_sign.database is not a valid list of database names"),
+				 errdetail("No qes_sign worker is started.")));
+		return;
+	}
+	foreach(lc, names)
+	{
+		const char *db = lfirst(lc);
+		BackgroundWorker bgw = {0};
+		bool		seen = false;
+
+		for (int i = 0; i < foreach_current_index(lc); i++)
+			seen |= strcmp(list_nth(names, i), db) == 0;
+		if (db[0] == '\0' || seen)
+			continue;
+		bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+		bgw.bgw_start_time = BgWorkerStart_ConsistentState;
+		bgw.bgw_restart_time = qes_worker_restart_delay;
+		strlcpy(bgw.bgw_library_name, "qes_sign", BGW_MAXLEN);
+		strlcpy(bgw.bgw_function_name, "qes_worker_main", BGW_MAXLEN);
+		snprintf(bgw.bgw_name, BGW_MAXLEN, "qes_sign worker for database %s", db);
+		strlcpy(bgw.bgw_type, "qes_sign worker", BGW_MAXLEN);
+		strlcpy(bgw.bgw_extra, db, BGW_EXTRALEN);
+		RegisterBackgroundWorker(&bgw);
+	}
+}
+
+/*
+ * report tells pg_stat_activity what the worker does, when that changes.
+ */
+static void
+report(const char *activity)
+{
+	static char last[128];
+
+	if (strcmp(last, activity) == 0)
+		return;
+	strlcpy(last, activity, sizeof(last));
+	pgstat_report_activity(STATE_IDLE, activity);
+}
+
+static void
+begin_xact(void)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	PushActiveSnapshot(GetTransactionSnapshot());
+}
+
+static void
+end_xact(void)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_stat(false);
+}
+
+/*
+ * attach finds the extension in the database and takes back the work items
+ * a previous incarnation had leased.  False while it is not installed.
+ */
+static bool
+attach(void)
+{
+	bool		found;
+
+	begin_xact();
+	found = OidIsValid(get_extension_oid("qes_sign", true));
+	if (found &&
+		SPI_execute("SELECT qes_sign._worker_started()", false, 0) == SPI_OK_SELECT)
+	{
+		bool		isnull;
+		int64		n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+													SPI_tuptable->tupdesc, 1, &isnull));
+
+		if (n > 0)
+			ereport(LOG,
+					(errmsg("qes_sign worker took back %lld work items of its predecessor",
+							(long long) n)));
+	}
+	end_xact();
+	return found;
+}
+
+/*
+ * record_one hands one answer to qes_sign._record_result in a
+ * subtransaction, so that one bad answer cannot undo the others.
+ */
+static void
+record_one(QesCall *call)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	Oid			types[6] = {INT8OID, TEXTOID, INT4OID, BYTEAOID, INT4OID, TEXTOID};
+	Datum		values[6];
+	char		nulls[6];
+	const char *err = qes_call_error(call);
+	bytea	   *body = palloc(VARHDRSZ + call->resp_len);
+
+	memset(nulls, ' ', sizeof(nulls));
+	SET_VARSIZE(body, VARHDRSZ + call->resp_len);
+	if (call->resp_len)
+		memcpy(VARDATA(body), call->resp, call->resp_len);
+	values[0] = Int64GetDatum(call->item_id);
+	values[1] = CStringGetTextDatum(call->kind);
+	values[2] = Int32GetDatum((int32) call->status);
+	values[3] = PointerGetDatum(body);
+	values[4] = Int32GetDatum((int32) Min(call->retry_after, 86400));
+	values[5] = err ? CStringGetTextDatum(err) : (Datum) 0;
+	if (err == NULL)
+		nulls[5] = 'n';
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		SPIPlanPtr	plan = qes_keep_plan(&record_plan,
+										 "SELECT qes_sign._record_result($1, $2, $3, $4, $5, $6)",
+										 6, types);
+		bool		isnull;
+		char	   *outcome;
+
+		if (SPI_execute_plan(plan, values, nulls, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "qes_sign._record_result failed");
+		outcome = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0],
+													SPI_tuptable->tupdesc, 1, &isnull));
+		if (strcmp(outcome, "retry") == 0)
+			qes_count(QES_API_RETRIES);
+		else if (strcmp(outcome, "failed") == 0)
+			qes_count(QES_API_FAILURES);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		/* the lease runs out and the item is tried again */
+		ereport(WARNING,
+				(errmsg("qes_sign worker could not record the answer to work item %lld: %s",
+						(long long) call->item_id, edata->message)));
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	qes_count(QES_API_CALLS);
+}
+
+/*
+ * claim takes up to n due work items and turns them into calls (in the
+ * worker's calls context, so they outlive the transaction).
+ */
+static int
+claim(WorkerState *st, int n, dlist_head *claimed)
+{
+	Oid			types[1] = {INT4OID};
+	Datum		values[1] = {Int32GetDatum(n)};
+	SPIPlanPtr	plan = qes_keep_plan(&claim_plan,
+									 "SELECT item_id, kind, method, path, body FROM qes_sign._claim($1)",
+									 1, types);
+	uint64		rows;
+
+	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "qes_sign._claim failed");
+	rows = SPI_processed;
+	for (uint64 i = 0; i < rows; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		QesCall    *call;
+		MemoryContext old;
+		Datum		body;
+
+		call = qes_call_new(st->calls_cxt, SPI_getvalue(tup, desc, 2),
+							SPI_getvalue(tup, desc, 3), "");
+		old = MemoryContextSwitchTo(call->cxt);
+		call->item_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		call->url = qes_api_url(SPI_getvalue(tup, desc, 4));
+		body = SPI_getbinval(tup, desc, 5, &isnull);
+		if (!isnull)
+		{
+			call->body = TextDatumGetCString(body);
+			call->body_len = strlen(call->body);
+			call->content_type = "application/json";
+		}
+		MemoryContextSwitchTo(old);
+		dlist_push_tail(claimed, &call->node);
+	}
+	return (int) rows;
+}
+
+/*
+ * next_claim_in asks when the next work item falls due (at most a tick).
+ */
+static long
+next_claim_in(void)
+{
+	bool		isnull;
+	Datum		ms;
+
+	if (SPI_execute("SELECT qes_sign._next_due()", true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "qes_sign._next_due failed");
+	ms = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull)
+		return QES_TICK_MS;
+	/* items due but locked by someone else must not make the worker spin */
+	return (long) Max(Min(DatumGetFloat8(ms) + 1, (double) QES_TICK_MS), 10.0);
+}
+
+static int
+list_length_dl(dlist_head *h)
+{
+	dlist_iter	it;
+	int			n = 0;
+
+	dlist_foreach(it, h)
+		n++;
+	return n;
+}
+
+/*
+ * start sends the claimed calls with the current token; one that cannot be
+ * started is recorded as a transport failure in the next step.
+ */
+static void
+start(WorkerState *st, dlist_head *calls)
+{
+	dlist_mutable_iter it;
+	int			gen;
+	const char *token = qes_skribble_token(&gen);
+
+	dlist_foreach_modify(it, calls)
+	{
+		QesCall    *call = dlist_container(QesCall, node, it.cur);
+
+		dlist_delete(it.cur);
+		call->token_gen = gen;
+		if (!qes_http_start(call, token))
+			dlist_push_tail(&st->unsent, &call->node);
+	}
+}
+
+/*
+ * step records the finished calls, runs the timer and claims new work, all
+ * in one short transaction, then sends what it claimed.
+ */
+static void
+step(WorkerState *st, dlist_head *done)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	bool		tick = now >= st->next_tick;
+	int			room = qes_max_concurrency - qes_http_in_flight() -
+		list_length_dl(&st->waiting);
+	bool		want = qes_skribble_have_token() && room > 0 &&
+		(st->claim_now || now >= st->next_claim || !dlist_is_empty(done));
+	dlist_head	claimed;
+	dlist_mutable_iter it;
+
+	dlist_init(&claimed);
+	if (dlist_is_empty(done) && !tick && !want)
+		return;
+	begin_xact();
+	dlist_foreach_modify(it, done)
+	{
+		QesCall    *call = dlist_container(QesCall, node, it.cur);
+
+		dlist_delete(it.cur);
+		record_one(call);
+		qes_call_free(call);
+	}
+	if (tick)
+	{
+		SPI_execute("SELECT qes_sign._tick()", false, 0);
+		st->next_tick = TimestampTzPlusMilliseconds(now, QES_TICK_MS);
+	}
+	if (want)
+	{
+		st->claim_now = false;
+		if (claim(st, room, &claimed) < room)
+			st->next_claim = TimestampTzPlusMilliseconds(now, next_claim_in());
+		else
+			st->next_claim = now;	/* more may be due */
+	}
+	end_xact();
+	start(st, &claimed);
+}
+
+/*
+ * sort_answers takes the login's answer and sets aside calls refused for
+ * their token (resent once, after a new login); the rest stay in *done.
+ */
+static void
+sort_answers(WorkerState *st, dlist_head *done)
+{
+	dlist_mutable_iter it;
+
+	dlist_foreach_modify(it, done)
+	{
+		QesCall    *call = dlist_container(QesCall, node, it.cur);
+
+		if (call == st->login)
+		{
+			dlist_delete(it.cur);
+			if (qes_skribble_take_login(call))
+				st->login_failures = 0;
+			else
+				st->next_login = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+															 Min(60000, 1000 << Min(st->login_failures++, 6)));
+			qes_call_free(call);
+			st->login = NULL;
+		}
+		else if (!call->auth_retried && qes_skribble_auth_failed(call))
+		{
+			dlist_delete(it.cur);
+			qes_skribble_forget_token(call->token_gen);
+			call->auth_retried = true;
+			dlist_push_tail(&st->waiting, &call->node);
+		}
+	}
+	dlist_foreach_modify(it, &st->unsent)
+	{
+		dlist_delete(it.cur);
+		dlist_push_tail(done, it.cur);
+	}
+}
+
+/*
+ * ensure_token logs in when there is no valid token, and resends the calls
+ * that were waiting for one.
+ */
+static void
+ensure_token(WorkerState *st)
+{
+	if (qes_skribble_have_token())
+	{
+		if (!dlist_is_empty(&st->waiting))
+			start(st, &st->waiting);
+		return;
+	}
+	if (st->login || GetCurrentTimestamp() < st->next_login)
+		return;
+	st->login = qes_skribble_login_call(st->calls_cxt);
+	if (!qes_http_start(st->login, NULL))
+	{
+		qes_call_free(st->login);
+		st->login = NULL;
+		st->next_login = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000);
+	}
+}
+
+/*
+ * wait_for_work sleeps until something happens: answers come in, the latch
+ * is set (a commit queued work), or a timer runs out.
+ */
+static void
+wait_for_work(WorkerState *st, dlist_head *done)
+{
+	if (qes_http_in_flight() > 0)
+	{
+		qes_http_wait(QES_BUSY_POLL_MS, done);
+		if (MyLatch->is_set)
+		{
+			ResetLatch(MyLatch);
+			st->claim_now = true;
+		}
+	}
+	else
+	{
+		TimestampTz until = Min(st->next_tick, st->next_claim);
+		long		ms = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), until);
+		int			rc;
+
+		rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					   Max(ms, 1), PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		if (rc & WL_LATCH_SET)
+			st->claim_now = true;
+	}
+	CHECK_FOR_INTERRUPTS();
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+		qes_http_configure();
+	}
+}
+
+/*
+ * standby_or_detached is true while the worker has nothing to do here:
+ * the server is a hot standby, or the extension is not installed yet.
+ */
+static bool
+standby_or_detached(WorkerState *st)
+{
+	if (RecoveryInProgress())
+	{
+		report("standby: waiting for promotion");
+		st->attached = false;
+		return true;
+	}
+	if (!st->attached)
+	{
+		st->attached = attach();
+		if (!st->attached)
+		{
+			report("waiting for CREATE EXTENSION qes_sign");
+			return true;
+		}
+		st->claim_now = true;
+	}
+	return false;
+}
+
+/*
+ * qes_worker_main is the worker's entry point.
+ */
+void
+qes_worker_main(Datum arg)
+{
+	WorkerState st = {0};
+	char		activity[64];
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(MyBgworkerEntry->bgw_extra, NULL, 0);
+	pgstat_report_appname("qes_sign worker");
+	qes_worker_attach_slot();
+
+	st.calls_cxt = AllocSetContextCreate(TopMemoryContext, "qes_sign calls",
+										 ALLOCSET_DEFAULT_SIZES);
+	dlist_init(&st.waiting);
+	dlist_init(&st.unsent);
+	qes_http_init();
+	on_proc_exit(qes_http_shutdown, (Datum) 0);
+	ereport(LOG, (errmsg("qes_sign worker started for database \"%s\"",
+						 MyBgworkerEntry->bgw_extra)));
+
+	for (;;)
+	{
+		dlist_head	done;
+
+		dlist_init(&done);
+		wait_for_work(&st, &done);
+		if (standby_or_detached(&st))
+		{
+			st.next_claim = st.next_tick =
+				TimestampTzPlusMilliseconds(GetCurrentTimestamp(), QES_TICK_MS);
+			continue;
+		}
+		sort_answers(&st, &done);
+		ensure_token(&st);
+		step(&st, &done);
+		qes_set_in_flight(qes_http_in_flight());
+		snprintf(activity, sizeof(activity), "%d calls in flight",
+				 qes_http_in_flight());
+		report(qes_http_in_flight() ? activity : "waiting for work");
+	}
+}
