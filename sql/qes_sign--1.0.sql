@@ -129,7 +129,8 @@ CREATE TABLE work_items (
                         ('submit', 'refresh', 'remind', 'withdraw', 'replace_signer', 'archive', 'expire')),
     payload          jsonb NOT NULL DEFAULT '{}',
     state            text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'done', 'failed')),
-    attempts         int  NOT NULL DEFAULT 0,
+    attempts         int  NOT NULL DEFAULT 0,     -- calls made
+    failures         int  NOT NULL DEFAULT 0,     -- failed calls in a row (backoff)
     due_at           timestamptz NOT NULL DEFAULT now(),
     leased_until     timestamptz,
     last_error       text,
@@ -1162,6 +1163,7 @@ CREATE FUNCTION _finish(p_item bigint, p_state text, p_error text DEFAULT NULL) 
 LANGUAGE sql AS $$
     UPDATE qes_sign.work_items SET state = p_state,
            last_error = CASE WHEN p_state = 'done' THEN NULL ELSE coalesce(p_error, last_error) END,
+           failures = CASE WHEN p_state = 'done' THEN 0 ELSE failures END,
            leased_until = NULL, finished_at = qes_sign.clock()
      WHERE id = p_item;
     SELECT p_state
@@ -1172,7 +1174,8 @@ CREATE FUNCTION _again(p_item bigint, p_delay interval, p_payload jsonb DEFAULT 
                        p_error text DEFAULT NULL, p_outcome text DEFAULT 'again') RETURNS text
 LANGUAGE sql AS $$
     UPDATE qes_sign.work_items SET due_at = qes_sign.clock() + p_delay, leased_until = NULL,
-           payload = (payload || p_payload) - 'again', last_error = coalesce(p_error, last_error)
+           payload = (payload || p_payload) - 'again', last_error = coalesce(p_error, last_error),
+           failures = CASE WHEN p_outcome = 'retry' THEN failures + 1 ELSE 0 END
      WHERE id = p_item;
     SELECT p_outcome
 $$;
@@ -1282,12 +1285,13 @@ BEGIN
        http_status = 403 AND coalesce(m.key, '') NOT LIKE 'error.auth.%' THEN
         RETURN _record_final(w, call_kind, http_status, m.message, m.key);
     END IF;
-    IF w.attempts >= current_setting('qes_sign.retry_max_attempts')::int THEN
+    IF w.failures + 1 >= current_setting('qes_sign.retry_max_attempts')::int THEN
         RETURN _record_final(w, call_kind, http_status,
-                             format('gave up after %s attempts (last: %s)', w.attempts, failure), NULL, true);
+                             format('gave up after %s failed attempts (last: %s)', w.failures + 1, failure),
+                             NULL, true);
     END IF;
     RETURN _again(w.id, CASE WHEN http_status IN (429, 503) AND retry_after > 0
-                             THEN make_interval(secs => retry_after) ELSE _backoff(w.attempts) END,
+                             THEN make_interval(secs => retry_after) ELSE _backoff(w.failures + 1) END,
                   '{}', failure, 'retry');
 END
 $$;

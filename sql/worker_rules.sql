@@ -40,9 +40,9 @@ $$;
 
 -- regress.work: a request's work items
 CREATE FUNCTION regress.work(id uuid)
-RETURNS TABLE (kind text, state text, attempts int, payload jsonb, last_error text, due_in_s int)
+RETURNS TABLE (kind text, state text, attempts int, failures int, payload jsonb, last_error text, due_in_s int)
 LANGUAGE sql AS $$
-    SELECT w.kind, w.state, w.attempts, w.payload, w.last_error,
+    SELECT w.kind, w.state, w.attempts, w.failures, w.payload, w.last_error,
            CASE WHEN w.state = 'pending' THEN ceil(extract(epoch FROM w.due_at - now()))::int END
       FROM qes_sign.work_items w WHERE w.request_id = work.id ORDER BY w.id
 $$;
@@ -104,7 +104,7 @@ SELECT count(*) FROM regress.claim();
 SELECT regress.answer(regress.uuid(303), 'search', 403,
     '{"type":"https://api.skribble.com/problem/problem-with-message","status":403,"message":"Token expired","key":"error.auth.token_expired"}');
 SELECT regress.due(regress.uuid(303));
-UPDATE qes_sign.work_items SET attempts = 49 WHERE request_id = regress.uuid(303);
+UPDATE qes_sign.work_items SET failures = 49 WHERE request_id = regress.uuid(303);
 SELECT count(*) FROM regress.claim();
 SELECT regress.answer(regress.uuid(303), 'search', 503, 'Service Unavailable');
 SELECT status, cancel_reason FROM qes_sign.signatur_anfragen WHERE id = regress.uuid(303);

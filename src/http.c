@@ -141,6 +141,12 @@ set_request(QesCall *call, const char *bearer)
 
 	if (strcmp(call->method, "GET") != 0)
 	{
+		/*
+		 * libcurl silently sends a request again when a reused connection
+		 * turns out closed; for a create that would be a second request at
+		 * Skribble.  A fresh connection is never retried that way.
+		 */
+		curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
 		curl_easy_setopt(e, CURLOPT_POSTFIELDS, call->body ? call->body : "");
 		curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
 						 (curl_off_t) (call->body ? call->body_len : 0));

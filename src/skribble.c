@@ -19,13 +19,13 @@
 
 #include "http.h"
 
-/* renew this long before the token's exp */
+/* renew this long before the token's exp (or after 3/4 of a short life) */
 #define QES_TOKEN_MARGIN_S 60
 /* assumed lifetime of a token whose exp cannot be read */
 #define QES_TOKEN_DEFAULT_S (15 * 60)
 
 static char *token = NULL;		/* in TopMemoryContext */
-static TimestampTz token_expires = 0;
+static TimestampTz token_renew_at = 0;
 static int	token_generation = 0;
 
 /*
@@ -44,8 +44,7 @@ qes_api_url(const char *path)
 bool
 qes_skribble_have_token(void)
 {
-	return token != NULL &&
-		GetCurrentTimestamp() < token_expires - QES_TOKEN_MARGIN_S * USECS_PER_SEC;
+	return token != NULL && GetCurrentTimestamp() < token_renew_at;
 }
 
 const char *
@@ -153,13 +152,16 @@ qes_skribble_take_login(QesCall *call)
 		jwt[strcspn(jwt, " \t\r\n\"")] = '\0';
 		if (strchr(jwt, '.') != NULL)
 		{
+			TimestampTz now = GetCurrentTimestamp();
+
 			exp = jwt_expiry(jwt);
 			if (exp == 0)
-				exp = GetCurrentTimestamp() + QES_TOKEN_DEFAULT_S * USECS_PER_SEC;
+				exp = now + QES_TOKEN_DEFAULT_S * USECS_PER_SEC;
 			if (token)
 				pfree(token);
 			token = MemoryContextStrdup(TopMemoryContext, jwt);
-			token_expires = exp;
+			token_renew_at = exp - Min(QES_TOKEN_MARGIN_S * USECS_PER_SEC,
+									   Max(exp - now, 0) / 4);
 			token_generation++;
 			qes_count(QES_LOGINS);
 			return true;

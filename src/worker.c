@@ -51,6 +51,9 @@ typedef struct WorkerState
 	bool		attached;		/* extension found, leases taken back */
 } WorkerState;
 
+/* what the loop allocates outside transactions; reset every round */
+static MemoryContext loop_cxt = NULL;
+
 static SPIPlanPtr record_plan = NULL;
 static SPIPlanPtr claim_plan = NULL;
 
@@ -126,6 +129,7 @@ end_xact(void)
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(loop_cxt);	/* commit left us in TopMemoryContext */
 	pgstat_report_stat(false);
 }
 
@@ -510,6 +514,8 @@ qes_worker_main(Datum arg)
 
 	st.calls_cxt = AllocSetContextCreate(TopMemoryContext, "qes_sign calls",
 										 ALLOCSET_DEFAULT_SIZES);
+	loop_cxt = AllocSetContextCreate(TopMemoryContext, "qes_sign worker loop",
+									 ALLOCSET_DEFAULT_SIZES);
 	dlist_init(&st.waiting);
 	dlist_init(&st.unsent);
 	qes_http_init();
@@ -521,6 +527,8 @@ qes_worker_main(Datum arg)
 	{
 		dlist_head	done;
 
+		MemoryContextSwitchTo(loop_cxt);
+		MemoryContextReset(loop_cxt);
 		dlist_init(&done);
 		wait_for_work(&st, &done);
 		if (standby_or_detached(&st))
