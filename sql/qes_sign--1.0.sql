@@ -845,6 +845,12 @@ BEGIN
                sent_at = coalesce(a.sent_at, _ts(sr ->> 'created_at', 'sr.created_at'), clock())
          WHERE a.id = r.id;
         PERFORM _emit(r.id, 'sent', jsonb_build_object('skribble_id', sr ->> 'id'));
+        -- e.g. DEMO for a demo key: signatures without the legal effect asked for
+        IF sr ->> 'quality' IS DISTINCT FROM r.quality THEN
+            PERFORM _emit(r.id, 'quality_differs', jsonb_build_object(
+                'requested', r.quality, 'skribble', sr ->> 'quality',
+                'reason', format('Skribble signs this request as %s, not %s', sr ->> 'quality', r.quality)));
+        END IF;
     END IF;
     UPDATE signatur_anfragen a SET document_id = sr ->> 'document_id', skribble_status = overall
      WHERE a.id = r.id AND (a.document_id, a.skribble_status)

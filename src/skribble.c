@@ -96,10 +96,12 @@ qes_skribble_login_call(MemoryContext parent)
 }
 
 /*
- * jwt_expiry reads "exp" (seconds since the epoch) from a JWT's payload.
+ * jwt_lifetime reads how long a JWT lives (exp - iat, in seconds) from its
+ * payload; 0 if it cannot tell.  Counting from receipt, not comparing exp
+ * with the local clock, keeps a skewed clock from rejecting every token.
  */
-static TimestampTz
-jwt_expiry(const char *jwt)
+static int64
+jwt_lifetime(const char *jwt)
 {
 	const char *p1 = strchr(jwt, '.');
 	const char *p2 = p1 ? strchr(p1 + 1, '.') : NULL;
@@ -107,8 +109,7 @@ jwt_expiry(const char *jwt)
 	unsigned char *json;
 	int			len;
 	char	   *exp;
-	char	   *end;
-	double		secs;
+	char	   *iat;
 
 	if (p2 == NULL || p2 - p1 - 1 > 8192)
 		return 0;
@@ -123,13 +124,10 @@ jwt_expiry(const char *jwt)
 	if (len <= 0)
 		return 0;
 	exp = qes_json_top_field((char *) json, len, "exp");
-	if (exp == NULL)
+	iat = qes_json_top_field((char *) json, len, "iat");
+	if (exp == NULL || iat == NULL)
 		return 0;
-	secs = strtod(exp, &end);
-	if (*end != '\0' || secs <= 0)
-		return 0;
-	return (TimestampTz) ((secs - ((POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY))
-						  * USECS_PER_SEC);
+	return (int64) (strtod(exp, NULL) - strtod(iat, NULL));
 }
 
 /*
@@ -142,7 +140,6 @@ qes_skribble_take_login(QesCall *call)
 {
 	const char *err = qes_call_error(call);
 	char	   *jwt;
-	TimestampTz exp;
 
 	if (err == NULL && call->status >= 200 && call->status < 300 &&
 		call->resp != NULL)
@@ -152,16 +149,15 @@ qes_skribble_take_login(QesCall *call)
 		jwt[strcspn(jwt, " \t\r\n\"")] = '\0';
 		if (strchr(jwt, '.') != NULL)
 		{
-			TimestampTz now = GetCurrentTimestamp();
+			int64		life = jwt_lifetime(jwt);
 
-			exp = jwt_expiry(jwt);
-			if (exp == 0)
-				exp = now + QES_TOKEN_DEFAULT_S * USECS_PER_SEC;
+			if (life <= 0)
+				life = QES_TOKEN_DEFAULT_S;
 			if (token)
 				pfree(token);
 			token = MemoryContextStrdup(TopMemoryContext, jwt);
-			token_renew_at = exp - Min(QES_TOKEN_MARGIN_S * USECS_PER_SEC,
-									   Max(exp - now, 0) / 4);
+			token_renew_at = GetCurrentTimestamp() +
+				(life - Min(QES_TOKEN_MARGIN_S, life / 4)) * USECS_PER_SEC;
 			token_generation++;
 			qes_count(QES_LOGINS);
 			return true;

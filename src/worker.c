@@ -387,7 +387,11 @@ sort_answers(WorkerState *st, dlist_head *done)
 		{
 			dlist_delete(it.cur);
 			if (qes_skribble_take_login(call))
+			{
+				/* at most one login a second, whatever the tokens say */
 				st->login_failures = 0;
+				st->next_login = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000);
+			}
 			else
 				st->next_login = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 															 Min(60000, 1000 << Min(st->login_failures++, 6)));
