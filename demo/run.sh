@@ -1,33 +1,97 @@
 #!/usr/bin/env bash
-# demo/run.sh: the article's scenario on a fresh machine.  Installs and
-# builds what is missing (test/setup.sh), starts a temporary PostgreSQL
-# cluster with qes_sign preloaded, runs demo.sql, and removes everything.
+# demo/run.sh: the article's scenario, end to end, through the real worker.
+# Installs and builds what is missing (test/setup.sh), then starts, in a
+# temporary directory: the Skribble test double with its clock at Thursday,
+# 19 March 2026, 09:15 (Berlin); the callback relay (the portal's endpoint);
+# a PostgreSQL cluster with qes_sign preloaded and its worker pointed at
+# both.  demo/demo.js plays the portal and the three signers and prints what
+# the portal sees.  Every process and the directory are removed on exit.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-bash "$here/../test/setup.sh"
+repo=$(cd "$here/.." && pwd)
+
+# packages, npm ci in test/ (the relay's pg), build and install; under a
+# lock, so a demo and a build never race
+flock /tmp/qes_build.lock bash "$repo/test/setup.sh"
+export PATH="$(pg_config --bindir):$PATH"      # initdb, pg_ctl (Debian keeps them off the PATH)
 
 work=$(mktemp -d /tmp/qes_sign_demo.XXXXXX)
 chown postgres "$work"
 pg() { runuser -u postgres -- "$@"; }
+pids=()
 cleanup() {
-    pg pg_ctl -D "$work/data" -m fast stop >/dev/null 2>&1 || true
+    local rc=$?
+    trap - EXIT INT TERM
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [ -f "$work/data/postmaster.pid" ]; then
+        pg pg_ctl -D "$work/data" -m fast -w stop >/dev/null 2>&1 || true
+    fi
     rm -rf "$work"
+    exit "$rc"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# logs prints the tail of every log, for a run that failed
+logs() {
+    for f in server.log double.log relay.log; do
+        [ -s "$work/$f" ] || continue
+        echo "--- $f (last 30 lines)" >&2
+        tail -n 30 "$work/$f" >&2
+    done
+}
+
+# start NAME CMD...: runs a Node service in the background and sets $port
+# from the "LISTENING <port>" line it prints
+start() {
+    local name=$1; shift
+    "$@" >"$work/$name.out" 2>"$work/$name.log" &
+    local pid=$!
+    pids+=("$pid")
+    port=
+    for _ in $(seq 100); do
+        port=$(sed -n 's/^LISTENING \([0-9][0-9]*\)$/\1/p' "$work/$name.out")
+        [ -n "$port" ] && return 0
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "demo: $name did not start" >&2
+    logs
+    exit 1
+}
+
+start double node "$repo/test/skribble_double/server.js" --port 0 --verbose \
+    --clock 2026-03-19T08:15:00Z --callback-retry-interval 500
+double_port=$port
+pg_port=$(node -e 'const s = require("net").createServer().listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); })')
+start relay node "$repo/test/relay/relay.js" --port 0 --verbose \
+    --db "host=127.0.0.1 port=$pg_port dbname=postgres user=hv_portal"
+relay_port=$port
 
 pg initdb -D "$work/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 --no-sync >/dev/null
 cat >> "$work/data/postgresql.conf" <<CONF
-listen_addresses = ''
+listen_addresses = '127.0.0.1'
+port = $pg_port
 unix_socket_directories = '$work'
 shared_preload_libraries = 'qes_sign'
-qes_sign.callback_base_url = 'https://portal.hv-eppendorf.example/qes/callback'
+qes_sign.database = 'postgres'
+qes_sign.skribble_url = 'http://127.0.0.1:$double_port/v2'
+qes_sign.skribble_username = 'api_demo_qes_sign'
+qes_sign.skribble_api_key = 'test-key'
+qes_sign.callback_base_url = 'http://127.0.0.1:$relay_port/qes/callback'
 qes_sign.callback_secret = '$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')'
 CONF
 pg pg_ctl -D "$work/data" -l "$work/server.log" -w start >/dev/null
 node "$here/make_lease_pdf.js" > "$work/lease.pdf"
 
-psql_demo() { psql -X -q -h "$work" -U postgres -d postgres "$@"; }
-psql_demo -c "CREATE EXTENSION qes_sign" \
-          -c "CREATE ROLE hv_portal LOGIN IN ROLE qes_sign_app"
-cd "$here"
-psql_demo -v pdf="$work/lease.pdf" -f demo.sql
+export PGHOST=$work PGPORT=$pg_port PGDATABASE=postgres
+psql -X -q -v ON_ERROR_STOP=1 -U postgres \
+     -c "CREATE EXTENSION qes_sign" \
+     -c "CREATE ROLE hv_portal LOGIN IN ROLE qes_sign_app"
+echo "demo: PostgreSQL on port $pg_port, Skribble-Double on $double_port (Uhr 2026-03-19 09:15 MEZ), Relay on $relay_port"
+
+if ! DEMO_DOUBLE="http://127.0.0.1:$double_port" DEMO_PDF="$work/lease.pdf" node "$here/demo.js"; then
+    logs
+    exit 1
+fi

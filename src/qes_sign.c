@@ -79,6 +79,8 @@ static void define_string(const char *name, const char *desc, char **var,
 						  const char *def, GucContext ctx, int flags,
 						  GucStringCheckHook check);
 static void define_ms(const char *name, const char *desc, int *var, int def);
+static void define_int(const char *name, const char *desc, int *var, int def,
+					   int max);
 
 void		_PG_init(void);
 
@@ -144,14 +146,12 @@ _PG_init(void)
 							NULL, &qes_reconcile_interval, 5 * 60 * 1000,
 							100, INT_MAX, PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
-	DefineCustomIntVariable("qes_sign.max_concurrency",
-							"HTTP calls the worker keeps in flight.",
-							NULL, &qes_max_concurrency, 16, 1, 1024,
-							PGC_SIGHUP, 0, NULL, NULL, NULL);
-	DefineCustomIntVariable("qes_sign.max_host_connections",
-							"Connections the worker opens to one host.",
-							NULL, &qes_max_host_connections, 16, 1, 1024,
-							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	define_int("qes_sign.max_concurrency",
+			   "HTTP calls the worker keeps in flight.",
+			   &qes_max_concurrency, 16, 1024);
+	define_int("qes_sign.max_host_connections",
+			   "Connections the worker opens to one host.",
+			   &qes_max_host_connections, 16, 1024);
 	define_ms("qes_sign.http_connect_timeout", "Connect timeout of API calls.",
 			  &qes_http_connect_timeout, 10000);
 	define_ms("qes_sign.http_timeout", "Total timeout of one API call.",
@@ -161,10 +161,9 @@ _PG_init(void)
 			  &qes_retry_base_delay, 1000);
 	define_ms("qes_sign.retry_max_delay", "Longest delay between retries.",
 			  &qes_retry_max_delay, 600000);
-	DefineCustomIntVariable("qes_sign.retry_max_attempts",
-							"Attempts before a failing API call is given up.",
-							NULL, &qes_retry_max_attempts, 50, 1, 1000,
-							PGC_SIGHUP, 0, NULL, NULL, NULL);
+	define_int("qes_sign.retry_max_attempts",
+			   "Failures in a row before an API call is given up.",
+			   &qes_retry_max_attempts, 50, 1000);
 	DefineCustomIntVariable("qes_sign.worker_restart_delay",
 							"Seconds before a crashed worker is restarted.",
 							NULL, &qes_worker_restart_delay, 5, 1, 3600,
@@ -204,6 +203,16 @@ define_ms(const char *name, const char *desc, int *var, int def)
 {
 	DefineCustomIntVariable(name, desc, NULL, var, def, 1, INT_MAX, PGC_SIGHUP,
 							GUC_UNIT_MS, NULL, NULL, NULL);
+}
+
+/*
+ * define_int defines a reloadable count from 1 to max.
+ */
+static void
+define_int(const char *name, const char *desc, int *var, int def, int max)
+{
+	DefineCustomIntVariable(name, desc, NULL, var, def, 1, max, PGC_SIGHUP,
+							0, NULL, NULL, NULL);
 }
 
 /*

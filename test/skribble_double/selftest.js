@@ -961,3 +961,155 @@ test('state file: state and tokens survive a restart; SIGTERM exits 0', async ()
     fs.rmSync(file, { force: true });
   }
 });
+
+/* ------------------------------------------------------------------ */
+/* the controllable clock                                              */
+/* ------------------------------------------------------------------ */
+
+/* near asserts an ISO (or HTTP-date) time lies within `slack` ms after `expectMs`. */
+function near(value, expectMs, what, slack = 3000) {
+  const t = typeof value === 'number' ? value : Date.parse(value);
+  assert.ok(t >= expectMs - 1000 && t <= expectMs + slack,
+    `${what}: ${typeof value === 'number' ? new Date(value).toISOString() : value} is not near ${new Date(expectMs).toISOString()}`);
+}
+
+test('clock: --clock starts the clock there; every time the double produces comes from it', async () => {
+  const START = Date.parse('2026-03-19T08:15:00Z');
+  const s = await startServer(['--clock', '2026-03-19T08:15:00Z', '--callback-retry-interval', '100']);
+  const c = (method, p, body) => call(method, '/_control' + p, { server: s, ...(body === undefined ? {} : { body }) });
+  try {
+    const g = (await c('GET', '/clock')).json;
+    near(g.now, START, 'GET /_control/clock');
+    assert.match(g.now, ISO_MS_RE);
+    near(Date.now() + g.offset_ms, START, 'offset_ms');
+    const tok = await login(s);
+    const claims = decodeJwtPart(tok.split('.')[1]);
+    near(claims.iat * 1000, START, 'JWT iat');
+    assert.equal(claims.exp - claims.iat, 1200);
+    const api = (method, p, o = {}) => call(method, p, { server: s, token: tok, ...o });
+
+    const res = await api('POST', '/v2/signature-requests', { body: createBody({
+      callback_update_url: `${cbBase}/clock/update/SKRIBBLE_SIGNATURE_REQUEST_ID`,
+      callback_success_url: `${cbBase}/clock/success/SKRIBBLE_SIGNATURE_REQUEST_ID` }) });
+    assert.equal(res.status, 200, res.text);
+    const sr = res.json;
+    near(Date.parse(res.headers.date), START, 'Date header', 4000);
+    near(sr.created_at, START, 'created_at');
+    assert.equal(sr.updated_at, sr.created_at);
+    assert.equal(sr.expiration_date, '2026-03-24');
+    near((await api('GET', `/v2/documents/${sr.document_id}`)).json.created_at, START, 'document created_at');
+
+    /* 16 min 10 s later Anna views, 3 min 17 s after that she signs */
+    const adv = (await c('POST', '/clock', { advance_ms: 970000 })).json;
+    near(adv.now, START + 970000, 'advanced clock');
+    let r = (await c('POST', `/signature-requests/${sr.id}/signatures/mieter.a@example.de/view`)).json;
+    near(r.signatures[0].last_viewed_at, START + 970000, 'last_viewed_at');
+    near(r.updated_at, START + 970000, 'updated_at after the view');
+    await c('POST', '/clock', { advance_ms: 197000 });
+    r = (await c('POST', `/signature-requests/${sr.id}/signatures/mieter.a@example.de/sign`)).json;
+    near(r.signatures[0].signed_at, START + 1167000, 'signed_at');
+
+    /* past the 20-minute lifetime the token has expired on the double's clock; a new one is issued on it */
+    await c('POST', '/clock', { set: '2026-03-19T08:52:44Z' });
+    const SIGN_B = Date.parse('2026-03-19T08:52:44Z');
+    assertProblem(await api('GET', `/v2/signature-requests/${sr.id}`), 403, 'problem-with-message', { key: 'error.auth.token_expired' });
+    const tok2 = await login(s);
+    near(decodeJwtPart(tok2.split('.')[1]).iat * 1000, SIGN_B, 'iat of the new token');
+    r = (await c('POST', `/signature-requests/${sr.id}/signatures/mieter.b@example.de/sign`)).json;
+    assert.equal(r.status_overall, 'SIGNED');
+    near(r.signatures[1].signed_at, SIGN_B, 'second signed_at');
+    const got = await call('GET', `/v2/signature-requests/${sr.id}`, { server: s, token: tok2 });
+    assert.equal(got.status, 200);
+    near(got.json.updated_at, SIGN_B, 'updated_at at completion');
+    const d2 = (await call('GET', `/v2/documents/${got.json.document_id}`, { server: s, token: tok2 })).json;
+    near(d2.created_at, SIGN_B, 'signed document version created_at');
+    const content = (await call('GET', `/v2/documents/${got.json.document_id}/content`,
+      { server: s, token: tok2, headers: { Accept: 'application/pdf' } })).buf.toString('latin1');
+    assert.match(content, /%signed-by mieter\.b@example\.de 2026-03-19T08:52:4\d\.\d{3}Z\n%%EOF\n$/);
+
+    /* the report's action times */
+    const rep = (await call('GET', `/v2/signature-requests/${sr.id}/report?type=JSON`, { server: s, token: tok2 })).json;
+    const at = (email, name) => rep.userList.find((u) => u.email === email).userActions.find((x) => x.name === name).time;
+    assert.match(at('mieter.a@example.de', 'VIEWED'), /^2026-03-19 08:31:1\d GMT$/);
+    assert.match(at('mieter.a@example.de', 'SIGNED'), /^2026-03-19 08:34:2\d GMT$/);
+    assert.match(at('mieter.b@example.de', 'SIGNED'), /^2026-03-19 08:52:4\d GMT$/);
+    assert.match(rep.userList[0].userActions.find((x) => x.name === 'CREATED').time, /^2026-03-19 08:15:0\d GMT$/);
+    assert.match(rep.userList[0].userActions.find((x) => x.name === 'REPORT_CREATED').time, /^2026-03-19 08:52:4\d GMT$/);
+
+    /* callbacks carry the double's times; their delivery is paced in real time */
+    const cbs = await waitFor(async () => {
+      const l = (await call('GET', `/v2/signature-requests/${sr.id}/callbacks`, { server: s, token: tok2 })).json;
+      return l.length === 4 && l.every((x) => x.state === 'COMPLETED') && l;
+    }, 3000, 'four delivered callbacks');
+    near(cbs[0].created_at, START + 970000, 'callback created_at (view)');
+    near(cbs[3].created_at, SIGN_B, 'callback created_at (success)');
+    near(cbs[3].updated_at, SIGN_B, 'callback updated_at (success)');
+  } finally {
+    assert.equal(await stopServer(s), 0);
+  }
+});
+
+test('clock: set and advance validate their input; the reminder window runs on the clock; reset restores the start', async () => {
+  const s = await startServer(['--clock', '2030-01-01T00:00:00+01:00', '--remind-window-ms', '3600000']);
+  const c = (method, p, body) => call(method, '/_control' + p, { server: s, ...(body === undefined ? {} : { body }) });
+  const START = Date.parse('2029-12-31T23:00:00Z');
+  try {
+    near((await c('GET', '/clock')).json.now, START, 'start with an offset zone');
+    for (const bad of [{}, { advance_ms: 1, set: '2030-01-01T00:00:00Z' }, { advance_ms: 'soon' }, { advance_ms: 1.5 },
+      { set: '2030-01-01' }, { set: 'March 19, 2026' }, { set: '2030-13-45T99:00:00Z' }, { set: 5 }]) {
+      assertProblem(await c('POST', '/clock', bad), 400, 'problem-with-message');
+    }
+    near((await c('GET', '/clock')).json.now, START, 'bad input leaves the clock alone');
+
+    const tok = await login(s);
+    const api = (method, p, o = {}) => call(method, p, { server: s, token: tok, ...o });
+    const sr = (await api('POST', '/v2/signature-requests', { body: createBody() })).json;
+    assert.equal((await api('POST', `/v2/signature-requests/${sr.id}/remind`)).status, 200);
+    const again = await api('POST', `/v2/signature-requests/${sr.id}/remind`);
+    assertProblem(again, 429, 'limit-exceeded', { key: 'error.rate_limit.reminder' });
+    assert.ok(Number(again.headers['retry-after']) > 3500, again.headers['retry-after']);
+    await c('POST', '/clock', { advance_ms: 3600000 });
+    /* the token (20 minutes) has expired by now, the window (one hour) has passed */
+    assertProblem(await api('POST', `/v2/signature-requests/${sr.id}/remind`), 403, 'problem-with-message', { key: 'error.auth.token_expired' });
+    const tok2 = await login(s);
+    assert.equal((await call('POST', `/v2/signature-requests/${sr.id}/remind`, { server: s, token: tok2 })).status, 200);
+
+    /* backwards works too; a token issued "later" stays valid until its exp */
+    const back = (await c('POST', '/clock', { advance_ms: -7200000 })).json;
+    near(back.now, START - 3600000, 'moved back');
+    assert.equal((await call('GET', `/v2/signature-requests/${sr.id}`, { server: s, token: tok2 })).status, 200);
+
+    await c('POST', '/reset');
+    near((await c('GET', '/clock')).json.now, START, 'reset restores the --clock start');
+  } finally {
+    assert.equal(await stopServer(s), 0);
+  }
+});
+
+test('clock: without --clock it is the real time; a bad --clock is refused; the state file keeps the clock', async () => {
+  const r = await ctl('GET', '/clock');
+  near(r.json.now, Date.now() - 1000, 'real time');
+  assert.ok(Math.abs(r.json.offset_ms) < 1000, String(r.json.offset_ms));
+  near(Date.parse(r.headers.date), Date.now() - 1000, 'Date header in real time');
+
+  await assert.rejects(startServer(['--clock', 'tomorrow']), /exited early with 2.*--clock/s);
+
+  const file = path.join(os.tmpdir(), `skribble-double-clock-${process.pid}-${Date.now()}.json`);
+  try {
+    let s = await startServer(['--state-file', file, '--clock', '2026-03-19T08:15:00Z']);
+    await call('POST', '/_control/clock', { server: s, body: { advance_ms: 600000 } });
+    const tok = await login(s);
+    assert.equal(await stopServer(s), 0);
+    s = await startServer(['--state-file', file]);
+    try {
+      near((await call('GET', '/_control/clock', { server: s })).json.now, Date.parse('2026-03-19T08:25:00Z'), 'clock after restart');
+      assert.equal((await call('GET', '/v2/signature-requests', { server: s, token: tok })).status, 200, 'the token is still valid on the clock');
+      await call('POST', '/_control/reset', { server: s });
+      near((await call('GET', '/_control/clock', { server: s })).json.now, Date.parse('2026-03-19T08:25:00Z'), 'reset keeps the loaded clock');
+    } finally {
+      assert.equal(await stopServer(s), 0);
+    }
+  } finally {
+    fs.rmSync(file, { force: true });
+  }
+});

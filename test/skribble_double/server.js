@@ -34,6 +34,7 @@ const OPTIONS = {
   'signing-base-url': { def: 'https://my.skribble.com', type: 'str', help: 'base of signing_url values' },
   'state-file': { def: '', type: 'str', help: 'load state from this file at start, save it on SIGTERM/SIGINT and POST /_control/save' },
   'seed': { def: 1, type: 'int', help: 'default seed of the fault-injection PRNG' },
+  'clock': { def: '', type: 'str', help: 'ISO 8601 time the double\'s clock starts at (it runs on in real time; default: the real time)' },
   'verbose': { def: false, type: 'bool', help: 'log every request to stderr' },
 };
 
@@ -63,6 +64,7 @@ function parseOptions(argv, env) {
     out[m[1]] = convertOption(m[1], spec, val);
   }
   if (!['auto', 'always', 'never'].includes(out['demo-quality'])) fail('--demo-quality must be auto, always or never');
+  if (out.clock !== '' && parseIsoTime(out.clock) === null) fail(`--clock needs an ISO 8601 time like 2026-03-19T08:15:00Z, got ${out.clock}`);
   return out;
 }
 
@@ -74,6 +76,13 @@ function convertOption(name, spec, raw) {
   }
   if (spec.type === 'bool') return !['0', 'false', 'no', 'off', ''].includes(String(raw).toLowerCase());
   return String(raw);
+}
+
+/* parseIsoTime parses an ISO 8601 date-time with a zone (Z or +hh:mm) to epoch ms; null if it is not one. */
+function parseIsoTime(v) {
+  if (typeof v !== 'string' || !/^\d{4}-\d\d-\d\dT\d\d:\d\d(:\d\d(\.\d+)?)?(Z|[+-]\d\d:\d\d)$/.test(v)) return null;
+  const ms = Date.parse(v);
+  return Number.isNaN(ms) ? null : ms;
 }
 
 function fail(msg) {
@@ -129,7 +138,17 @@ function newId() {
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
 const opaqueId = () => rnd(16).toString('hex');
-const isoNow = (ms = Date.now()) => new Date(ms).toISOString();
+/*
+ * The double's clock: real time shifted by clockOffsetMs.  --clock sets the
+ * start, /_control/clock advances or sets it.  Every time the double
+ * produces (timestamps in answers, reports, callbacks, the Date header, JWT
+ * iat/exp and their check, the reminder window) comes from clockNow(); the
+ * pacing of callback retries, latency and timeouts stays in real time.
+ */
+let startClockOffsetMs = cfg.clock === '' ? 0 : parseIsoTime(cfg.clock) - Date.now();
+let clockOffsetMs = startClockOffsetMs;
+const clockNow = () => Date.now() + clockOffsetMs;
+const isoNow = (ms = clockNow()) => new Date(ms).toISOString();
 const sha256hex = (buf) => crypto.createHash('sha256').update(buf).digest('hex');
 
 /* mulberry32 is a tiny seedable PRNG, so fault injection is reproducible. */
@@ -250,7 +269,7 @@ function authenticate(req) {
     if (tokenCache.size >= 10000) tokenCache.clear();
     tokenCache.set(token, payload);
   }
-  if ((payload.gen | 0) < tokenGen || Date.now() >= payload.exp * 1000) {
+  if ((payload.gen | 0) < tokenGen || clockNow() >= payload.exp * 1000) {
     throw new ApiError(403, 'problem-with-message', 'The access token has expired', { key: 'error.auth.token_expired' });
   }
   return payload;
@@ -263,6 +282,8 @@ function authenticate(req) {
 function send(ctx, status, headers, body) {
   const res = ctx.res;
   if (res.headersSent || res.destroyed || ctx.dropped) return;
+  res.sendDate = false;
+  res.setHeader('Date', new Date(clockNow()).toUTCString());   /* the double's clock, like every other time */
   res.writeHead(status, headers);
   res.end(body);
 }
@@ -982,7 +1003,7 @@ async function hCreateSR(ctx) {
   const b = jsonBody(ctx);
   const v = validateCreate(b);
   const src = await documentFromBody(b, true);
-  const nowMs = Date.now();
+  const nowMs = clockNow();
   const now = isoNow(nowMs);
   const sr = {
     id: newId(), seq: ++srSeq, title: v.title, message: v.message, document_id: null,
@@ -1144,7 +1165,7 @@ function hRemoveSigner(ctx) {
 function hRemind(ctx) {
   const sr = getSrOr404(ctx.params.SR_ID);
   requireOpen(sr, 'Reminding');
-  const now = Date.now();
+  const now = clockNow();
   const since = now - sr.last_reminder_at;
   if (sr.last_reminder_at && since < rt.remindWindowMs) {
     const wait = Math.max(1, Math.ceil((rt.remindWindowMs - since) / 1000));
@@ -1193,7 +1214,7 @@ function hLogin(ctx) {
     throw new ApiError(401, 'problem-with-message', 'Login failed: wrong username or api-key');
   }
   stats.logins++;
-  const iat = Math.floor(Date.now() / 1000);
+  const iat = Math.floor(clockNow() / 1000);
   const token = signJwt({ sub: creds.username, iat, exp: iat + rt.tokenTtl, jti: newId(), gen: tokenGen });
   send(ctx, 200, { 'Content-Type': 'text/plain;charset=UTF-8', 'Content-Length': Buffer.byteLength(token) }, token);
 }
@@ -1291,12 +1312,12 @@ function enqueueCallback(sr, type, sid) {
   if (!tmpl) return;
   let url = tmpl.split('SKRIBBLE_SIGNATURE_REQUEST_ID').join(sr.id).split('SKRIBBLE_DOCUMENT_ID').join(sr.document_id);
   if (type === 'UPDATE' && sid) url = url.split('SKRIBBLE_SIGNATURE_ID').join(sid);
-  const nowMs = Date.now();
+  const now = isoNow();
   const body = { signature_request_id: sr.id, type, status_overall: sr.status_overall, document_id: sr.document_id };
   if (sid) body.signature_id = sid;
   sr.callbacks.push({
     signature_request_id: sr.id, type, state: 'OPEN', url, attempts: 0, messages: [],
-    created_at: isoNow(nowMs), updated_at: isoNow(nowMs), body: JSON.stringify(body), next_at: nowMs,
+    created_at: now, updated_at: now, body: JSON.stringify(body), next_at: Date.now(),   /* next_at: real time */
   });
   sr.rt.cbOpen++;
   stats.callbacks.pending++;
@@ -1340,7 +1361,7 @@ function pumpCallbacks(sr) {
     if (gen !== generation || !state.srs.has(sr.id)) return;
     sr.rt.cbBusy = false;
     const t = Date.now();
-    due.updated_at = isoNow(t);
+    due.updated_at = isoNow();
     if (!err && status >= 200 && status < 300) {
       due.state = 'COMPLETED';
       stats.callbacks.completed++;
@@ -1567,6 +1588,28 @@ function reset() {
   state = freshState();
   rt = freshRuntime();
   stats = freshStats();
+  clockOffsetMs = startClockOffsetMs;
+}
+
+function clockView() {
+  const now = clockNow();
+  return { now: isoNow(now), offset_ms: now - Date.now() };
+}
+
+/* setClock serves POST /_control/clock: {"advance_ms": N} moves the clock by N ms, {"set": ISO} sets it. */
+function setClock(b) {
+  const has = (k) => b[k] !== undefined;
+  if (has('advance_ms') === has('set')) throw badRequest('give exactly one of advance_ms and set');
+  if (has('advance_ms')) {
+    const v = b.advance_ms;
+    if (typeof v !== 'number' || !Number.isInteger(v) || Math.abs(v) > 864e5 * 366 * 100) throw badRequest('advance_ms must be an integer number of milliseconds');
+    clockOffsetMs += v;
+  } else {
+    const ms = parseIsoTime(b.set);
+    if (ms === null) throw badRequest('set must be an ISO 8601 date-time with a zone, like 2026-03-19T08:15:00Z');
+    clockOffsetMs = ms - Date.now();
+  }
+  return clockView();
 }
 
 function num(b, field, min, max) {
@@ -1588,6 +1631,8 @@ function handleControl(ctx, segs) {
 
   if (m === 'GET' && (p === '' || p === 'health')) return ok({ ok: true, port: server.address().port });
   if (m === 'POST' && p === 'reset') { reset(); return ok(); }
+  if (m === 'GET' && p === 'clock') return ok(clockView());
+  if (m === 'POST' && p === 'clock') return ok(setClock(body()));
   if (m === 'GET' && p === 'stats') {
     return ok(Object.assign({}, stats, { callbacks: Object.assign({}, stats.callbacks, { paused: rt.cbPaused }) }));
   }
@@ -1669,7 +1714,7 @@ function saveState() {
   const file = cfg['state-file'];
   if (!file) return;
   const data = {
-    version: 1, jwt_secret: jwtSecret.toString('base64'), token_gen: tokenGen, sr_seq: srSeq,
+    version: 1, jwt_secret: jwtSecret.toString('base64'), token_gen: tokenGen, sr_seq: srSeq, clock_offset_ms: clockOffsetMs,
     known_accounts: Array.from(state.knownAccounts), features: state.features,
     signature_requests: Array.from(state.srs.values(), (sr) => ({ ...sr, rt: undefined })),
     documents: Array.from(state.docs.values(), (d) => ({ ...d, content: d.content.toString('base64'), sha256: undefined })),
@@ -1685,6 +1730,8 @@ function loadState() {
   jwtSecret = Buffer.from(data.jwt_secret, 'base64');
   tokenGen = data.token_gen | 0;
   srSeq = data.sr_seq | 0;
+  /* the clock ran on while the double was down; an explicit --clock wins */
+  if (cfg.clock === '' && Number.isFinite(data.clock_offset_ms)) startClockOffsetMs = clockOffsetMs = data.clock_offset_ms;
   for (const e of data.known_accounts || []) state.knownAccounts.add(e);
   Object.assign(state.features, data.features || {});
   for (const d of data.documents || []) state.docs.set(d.id, { ...d, content: Buffer.from(d.content, 'base64') });

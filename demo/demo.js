@@ -1,0 +1,297 @@
+#!/usr/bin/env node
+'use strict';
+/*
+ * demo/demo.js: the article's lease, signed by two tenants and the manager
+ * in 38 minutes, through the real background worker.  Started by
+ * demo/run.sh, which has a temporary cluster with qes_sign preloaded, the
+ * Skribble test double (its clock at Thursday, 19 March 2026, 09:15) and
+ * the callback relay running, and passes them in the environment:
+ *   PGHOST, PGPORT, PGDATABASE   the cluster (as superuser postgres)
+ *   DEMO_DOUBLE                  http://127.0.0.1:<port> of the double
+ *   DEMO_PDF                     the merged lease (demo/make_lease_pdf.js)
+ *
+ * The portal (role hv_portal, tenant hv-eppendorf) creates the request and
+ * listens on channel qes_sign; this script plays the three signers through
+ * the double's /_control API and prints, step by step, what the portal sees.
+ * Exits 1 with the worker's queue when something does not happen in time.
+ */
+
+const fs = require('node:fs');
+const http = require('node:http');
+const path = require('node:path');
+const { Client } = require(require.resolve('pg', { paths: [path.join(__dirname, '..', 'test')] }));
+
+const DOUBLE = process.env.DEMO_DOUBLE;
+const TIMEOUT_MS = Number(process.env.DEMO_TIMEOUT_MS || 20000);
+const TENANT = 'hv-eppendorf';
+const SIGNERS = [
+  { first_name: 'Anna', last_name: 'Becker', email: 'anna.becker@example.org', language: 'de' },
+  { first_name: 'Jonas', last_name: 'Wolf', email: 'jonas.wolf@example.org', language: 'de' },
+  { first_name: 'Petra', last_name: 'Hansen', email: 'p.hansen@hv-eppendorf.example', language: 'de' },
+];
+
+/* ------------------------------------------------------------------ */
+/* helpers                                                             */
+/* ------------------------------------------------------------------ */
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const say = (s = '') => process.stdout.write(s + '\n');
+
+/* berlin formats a time as the portal shows it: HH:MM:SS, Europe/Berlin. */
+const berlin = (t) => (t ? new Date(t).toLocaleTimeString('de-DE', { timeZone: 'Europe/Berlin', hour12: false }) : '');
+
+/* table prints rows like psql's aligned format. */
+function table(rows, cols = rows.length ? Object.keys(rows[0]) : []) {
+  const cell = (v) => (v === null || v === undefined ? '' : v instanceof Date ? v.toISOString() : String(v));
+  const w = cols.map((c) => Math.max(c.length, ...rows.map((r) => cell(r[c]).length)));
+  say((' ' + cols.map((c, i) => c.padEnd(w[i])).join(' | ')).trimEnd());
+  say('-' + w.map((n) => '-'.repeat(n)).join('-+-') + '-');
+  for (const r of rows) say(' ' + cols.map((c, i) => cell(r[c]).padEnd(w[i])).join(' | ').trimEnd());
+}
+
+/* control calls the double's /_control API; resolves the parsed JSON answer. */
+function control(method, p, body) {
+  return new Promise((resolve, reject) => {
+    const data = body === undefined ? '' : JSON.stringify(body);
+    const req = http.request(`${DOUBLE}/_control${p}`, {
+      method, headers: { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(data) },
+    }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (c) => { text += c; });
+      res.on('end', () => (res.statusCode === 200 ? resolve(JSON.parse(text))
+        : reject(new Error(`Skribble-Double ${method} /_control${p}: HTTP ${res.statusCode} ${text}`))));
+    });
+    req.on('error', reject);
+    req.end(data);
+  });
+}
+
+class DemoFailure extends Error {}
+
+/* until polls fn until it returns a truthy value; fails loudly after TIMEOUT_MS. */
+async function until(what, fn) {
+  const t0 = Date.now();
+  for (;;) {
+    const v = await fn();
+    if (v) return { value: v, ms: Date.now() - t0 };
+    if (Date.now() - t0 > TIMEOUT_MS) throw new DemoFailure(`${what}: nach ${TIMEOUT_MS / 1000} s nicht eingetreten`);
+    await sleep(10);
+  }
+}
+
+/* ------------------------------------------------------------------ */
+/* the portal's sessions                                               */
+/* ------------------------------------------------------------------ */
+
+const admin = new Client({ user: 'postgres', application_name: 'demo (admin)' });
+const portal = new Client({ user: 'hv_portal', application_name: 'demo (portal)' });
+const listener = new Client({ user: 'hv_portal', application_name: 'demo (LISTEN qes_sign)' });
+const notes = [];
+let lastNoteAt = 0;
+let requestId = null;
+let skribbleId = null;
+
+/* notifications prints the NOTIFY payloads received since the last call, once none came for 300 ms (at most 2 s). */
+async function notifications() {
+  const t0 = Date.now();
+  await sleep(150);
+  while (Date.now() - lastNoteAt < 300 && Date.now() - t0 < 2000) await sleep(50);
+  for (const n of notes.splice(0)) say(`  NOTIFY qes_sign  ${n}`);
+}
+
+async function overview() {
+  const { rows } = await portal.query(
+    `SELECT status, signers_signed, signers_total, sent_at, completed_at, processing_time
+       FROM qes_sign.overview WHERE id = $1`, [requestId]);
+  return rows[0];
+}
+
+/* portalSees prints the request's line in the cockpit and, unless told not to, the NOTIFY payloads so far. */
+async function portalSees(ms, withNotifications = true) {
+  const o = await overview();
+  say(`  Portal (qes_sign.overview): Status ${o.status}, ${o.signers_signed}/${o.signers_total} signiert` +
+      (ms === undefined ? '' : `   [${ms} ms nach der Aktion bei Skribble]`));
+  if (withNotifications) await notifications();
+}
+
+async function signerStatus(email) {
+  const { rows } = await portal.query(
+    `SELECT status FROM qes_sign.signers WHERE request_id = $1 AND email = $2 AND status <> 'replaced'`,
+    [requestId, email]);
+  return rows[0] && rows[0].status;
+}
+
+/* skribbleAt sets the double's clock to an article time (UTC) and prints it as the portal would. */
+async function skribbleAt(iso) {
+  const c = await control('POST', '/clock', { set: iso });
+  return berlin(c.now);
+}
+
+/* act makes a signer view or sign at Skribble, then waits until the worker has brought it into the database. */
+async function act(iso, signer, action, headline, done) {
+  const at = await skribbleAt(iso);
+  const before = await control('GET', '/stats');
+  say();
+  say(`== ${at} ${headline}`);
+  const sr = await control('POST', `/signature-requests/${skribbleId}/signatures/${signer.email}/${action}`);
+  const sig = sr.signatures.find((s) => s.signer_identity_data.email_address === signer.email);
+  say(`  Skribble: ${signer.first_name} ${signer.last_name} ${sig.status_code}` +
+      (action === 'view' ? `, zuletzt angesehen ${berlin(sig.last_viewed_at)}` : `, signiert ${berlin(sig.signed_at)} (${sig.signed_quality}, ${sig.signed_legislation})`) +
+      ` -> Callback "update" an das Portal (Relay -> receive_callback -> Worker holt den Stand)`);
+  const r = await until(`${signer.first_name}: ${action}`, done);
+  const after = await control('GET', '/stats');
+  if (after.logins > before.logins) {
+    say(`  Skribble: das Token des Workers war abgelaufen (20 Minuten nach dem Login, auf Skribbles Uhr); ` +
+        `er hat sich neu angemeldet (${after.logins - before.logins} Login${after.logins - before.logins > 1 ? 's' : ''})`);
+  }
+  await portalSees(r.ms);
+}
+
+
+/* ------------------------------------------------------------------ */
+/* the scenario                                                        */
+/* ------------------------------------------------------------------ */
+
+async function main() {
+  await admin.connect();
+  await portal.connect();
+  await listener.connect();
+  for (const c of [admin, portal, listener]) await c.query(`SET TimeZone = 'Europe/Berlin'`);
+  await portal.query(`SET qes_sign.verwaltung = '${TENANT}'`);
+  listener.on('notification', (n) => { notes.push(n.payload); lastNoteAt = Date.now(); });
+  await listener.query('LISTEN qes_sign');
+
+  const pdf = fs.readFileSync(process.env.DEMO_PDF);
+  /* the double started at 09:15 already; setting up the cluster took a moment */
+  const start = await control('POST', '/clock', { set: '2026-03-19T08:15:00Z' });
+  say();
+  say(`== Donnerstag, 19. März 2026, ${berlin(start.now)}: der Verwalter erstellt die Signaturanfrage`);
+  say('   Mietvertrag, 7 Seiten + 3 Anlagen als ein PDF; zwei Mieter und die Verwalterin signieren (QES)');
+  say(`   Portal: Rolle hv_portal, SET qes_sign.verwaltung = '${TENANT}', LISTEN qes_sign (eigene Sitzung)`);
+  const { rows: [created] } = await portal.query(
+    `SELECT qes_sign.create_request(
+         verwaltung  => $1,
+         title       => 'Mietvertrag Eppendorfer Landstraße 42, 2. OG links',
+         document    => $2,
+         signers     => $3::jsonb,
+         message     => 'Bitte prüfen und signieren Sie den Mietvertrag.',
+         vorgangstyp => 'mietvertrag') AS id`, [TENANT, pdf, JSON.stringify(SIGNERS)]);
+  requestId = created.id;
+  say(`  qes_sign.create_request(...) = ${requestId}`);
+  const { rows: [doc] } = await portal.query(
+    `SELECT quality, legislation, document_size AS bytes, encode(document_sha256, 'hex') AS sha256
+       FROM qes_sign.signatur_anfragen WHERE id = $1`, [requestId]);
+  say(`  Dokument: ${doc.bytes} Bytes, SHA-256 ${doc.sha256}; verlangt ${doc.quality} nach ${doc.legislation}`);
+  await portalSees(undefined, false);
+
+  /* the worker sends it to Skribble as soon as create_request commits */
+  const sent = await until('Der Worker übergibt die Anfrage an Skribble (skribble_id)', async () => {
+    const { rows } = await portal.query(
+      'SELECT skribble_id, sent_at FROM qes_sign.signatur_anfragen WHERE id = $1', [requestId]);
+    return rows[0].skribble_id && rows[0];
+  });
+  skribbleId = sent.value.skribble_id;
+  const sr = await control('GET', `/signature-requests/${skribbleId}`);
+  say();
+  say(`== ${berlin(sent.value.sent_at)} der Worker hat die Anfrage an Skribble übergeben   [${sent.ms} ms nach dem COMMIT]`);
+  say(`  Skribble: Anfrage ${skribbleId}, ${sr.status_overall}, ${sr.quality}/${sr.legislation}, ` +
+      `custom = ${sr.custom === requestId ? 'unsere id' : JSON.stringify(sr.custom)}, ` +
+      `attach_on_success = ${JSON.stringify(sr.attach_on_success)}`);
+  say('  Drei Einladungen gehen parallel raus:');
+  for (const s of sr.signatures) {
+    say(`    ${`${s.signer_identity_data.first_name} ${s.signer_identity_data.last_name}`.padEnd(13)} ` +
+        `${s.signer_identity_data.email_address.padEnd(30)} ${s.status_code}`);
+  }
+  say(`  Callback-URL (signiert): ${sr.callback_update_url.replace(/\/[A-Za-z0-9_-]{43}\?/, '/<hmac>?')}`);
+  if (sr.quality === 'DEMO') {
+    say('  (quality DEMO: der API-Benutzer api_demo_... ist ein Demo-Zugang, Skribble signiert damit nur zur Probe;');
+    say('   mit einem Produktivzugang steht hier QES)');
+  }
+  await portalSees();
+
+  const [anna, jonas, petra] = SIGNERS;
+  await act('2026-03-19T08:31:10.205Z', anna, 'view', 'Mieterin A öffnet den Link und prüft das PDF',
+    async () => (await overview()).status === 'in_signatur');
+  await act('2026-03-19T08:34:27.880Z', anna, 'sign', 'Mieterin A signiert (QES per TAN-SMS)',
+    async () => (await signerStatus(anna.email)) === 'signed');
+  await act('2026-03-19T08:44:03.512Z', jonas, 'view', 'Mieter B öffnet den Link',
+    async () => (await signerStatus(jonas.email)) === 'viewed');
+  await act('2026-03-19T08:48:51.093Z', jonas, 'sign', 'Mieter B signiert',
+    async () => (await signerStatus(jonas.email)) === 'signed');
+  await act('2026-03-19T08:51:58.310Z', petra, 'view', 'die Verwalterin öffnet den Vertrag',
+    async () => (await signerStatus(petra.email)) === 'viewed');
+  await act('2026-03-19T08:52:44.621Z', petra, 'sign', 'die Verwalterin signiert selbst: alle drei Signaturen liegen vor',
+    async () => (await overview()).status === 'vollstaendig');
+
+  const cbs = (await control('GET', '/callbacks')).filter((c) => c.signature_request_id === skribbleId);
+  say(`  Skribble: ${cbs.length} Callbacks (${cbs.map((c) => c.type.toLowerCase()).join(', ')}), ` +
+      `alle ${cbs.every((c) => c.state === 'COMPLETED') ? 'zugestellt' : 'NICHT zugestellt'}`);
+
+  say();
+  say('== Timeline (qes_sign.timeline, append-only, hash-verkettet)');
+  say('   erfasst: wann qes_sign den Eintrag schrieb (Uhr der Datenbank); bei_skribble: die Zeit, die Skribble meldet');
+  const { rows: tl } = await portal.query(
+    `SELECT seq, to_char(at, 'HH24:MI:SS') AS erfasst,
+            to_char((detail ->> 'at')::timestamptz, 'HH24:MI:SS') AS bei_skribble, event, actor,
+            concat_ws(' → ', coalesce(detail ->> 'signer', detail ->> 'from', detail ->> 'skribble_id'),
+                      detail ->> 'to') AS detail
+       FROM qes_sign.timeline($1)`, [requestId]);
+  table(tl);
+  const { rows: chain } = await admin.query(
+    'SELECT ok AS audit_chain_ok, entries, first_broken, problem FROM qes_sign.verify_audit_chain()');
+  say();
+  say('== qes_sign.verify_audit_chain()');
+  table(chain);
+
+  const o = await overview();
+  const { rows: [m] } = await portal.query(
+    `SELECT round(extract(epoch FROM processing_time) / 60)::int AS minutes FROM qes_sign.overview WHERE id = $1`,
+    [requestId]);
+  say();
+  say('== Cockpit (qes_sign.overview)');
+  say(`  gesendet ${berlin(o.sent_at)}, letzte Signatur ${berlin(o.completed_at)}, ${o.signers_signed}/${o.signers_total} signiert, Status ${o.status}`);
+  say(`  Vertrag vollständig signiert, ${m.minutes} Minuten Bearbeitungszeit`);
+  const { rows: items } = await admin.query(
+    'SELECT kind, state FROM qes_sign.work_items WHERE request_id = $1 ORDER BY id', [requestId]);
+  say(`  Arbeitsaufträge des Workers: ${items.map((i) => `${i.kind} ${i.state}`).join(', ')}`);
+  say('  Die Archivierung (signiertes PDF und Protokoll in den S3-Bucket, dann archiviert) folgt in einem späteren Issue; der Auftrag archive bleibt pending.');
+  if (o.status !== 'vollstaendig' || m.minutes !== 38 || !chain[0].audit_chain_ok) {
+    throw new DemoFailure(`unerwartetes Ende: Status ${o.status}, ${m.minutes} Minuten, Audit-Kette ${chain[0].audit_chain_ok}`);
+  }
+}
+
+/* diagnose prints what the worker has queued, for a run that got stuck. */
+async function diagnose() {
+  try {
+    if (requestId) {
+      const { rows: r } = await admin.query(
+        `SELECT status, skribble_id, skribble_status, sent_at, synced_at FROM qes_sign.signatur_anfragen WHERE id = $1`, [requestId]);
+      say('signatur_anfragen:');
+      table(r);
+    }
+    const { rows: w } = await admin.query(
+      `SELECT id, kind, state, attempts, due_at, last_error FROM qes_sign.work_items ORDER BY id`);
+    say('work_items:');
+    table(w);
+    const { rows: a } = await admin.query(
+      `SELECT pid, backend_type, state, wait_event, left(query, 60) AS query FROM pg_stat_activity
+        WHERE backend_type NOT IN ('client backend', 'checkpointer', 'walwriter', 'background writer',
+                                   'autovacuum launcher', 'logical replication launcher')`);
+    say('Hintergrundprozesse (pg_stat_activity):');
+    table(a);
+    say(`Skribble-Double: ${JSON.stringify(await control('GET', '/stats'))}`);
+  } catch (e) {
+    say(`(Diagnose unvollständig: ${e.message})`);
+  }
+}
+
+main().then(async () => {
+  for (const c of [admin, portal, listener]) await c.end();
+}, async (e) => {
+  process.stdout.write('\n');
+  process.stderr.write(`demo: FEHLER: ${e instanceof DemoFailure ? e.message : e.stack}\n`);
+  await notifications().catch(() => {});
+  await diagnose();
+  process.exit(1);
+});
