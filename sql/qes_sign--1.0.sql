@@ -846,7 +846,7 @@ BEGIN
          WHERE a.id = r.id;
         PERFORM _emit(r.id, 'sent', jsonb_build_object('skribble_id', sr ->> 'id'));
         -- e.g. DEMO for a demo key: signatures without the legal effect asked for
-        IF sr ->> 'quality' IS DISTINCT FROM r.quality THEN
+        IF sr ->> 'quality' <> r.quality THEN
             PERFORM _emit(r.id, 'quality_differs', jsonb_build_object(
                 'requested', r.quality, 'skribble', sr ->> 'quality',
                 'reason', format('Skribble signs this request as %s, not %s', sr ->> 'quality', r.quality)));

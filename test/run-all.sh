@@ -2,7 +2,8 @@
 # test/run-all.sh: runs every qes_sign test suite from a clean checkout:
 # setup (packages, build, install), then pg_regress and the isolation specs
 # against temporary clusters, run as the unprivileged user postgres
-# (PostgreSQL refuses root), and the Skribble double's self-test.  Ends with one line "N passed, N failed".
+# (PostgreSQL refuses root), the Skribble double's self-test, and the TAP
+# tests of the background worker (test/t, prove).  Ends with one line "N passed, N failed".
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 bash "$repo/test/setup.sh" || exit 1
@@ -43,6 +44,33 @@ echo "== Skribble double self-test"
 (cd "$repo" && node --test test/skribble_double/selftest.js) 2>&1 | tee "$scratch/double.log" | grep -E '^# (tests|pass|fail)|^not ok'
 passed=$((passed + $(sed -n 's/^# pass //p' "$scratch/double.log" | tail -1)))
 failed=$((failed + $(sed -n 's/^# fail //p' "$scratch/double.log" | tail -1)))
+
+echo "== TAP: the background worker against the Skribble double (test/t)"
+tap=$scratch/tap
+mkdir -p "$tap" && chown postgres "$tap"
+(cd "$tap" && runuser -u postgres -- env TESTDIR="$tap" PATH="$bindir:$PATH" \
+    PG_REGRESS="$pgxs/src/test/regress/pg_regress" PG_TEST_TIMEOUT_DEFAULT=60 \
+    prove -v --timer -I "$pgxs/src/test/perl" -I "$repo/test/perl" "$repo"/test/t/*.pl) \
+    >"$scratch/tap.log" 2>&1
+tap_rc=$?
+# results and failure details, without passing subtest lines and psql chatter
+grep -vE "^ +ok |^ *# +'|^ *# (issuing|results) |QUERY_SEPARATOR|Asynchronous notification|# connect output:|^ *# [{}]|^ *#? *$|^ +1\.\.[0-9]+$" \
+    "$scratch/tap.log"
+tap_ok=$(grep -cE '^ok [0-9]+' "$scratch/tap.log" || true)
+tap_failed=$(grep -cE '^not ok [0-9]+' "$scratch/tap.log" || true)
+# a script that died or exited non-zero without a failed test counts as one failure
+tap_failed=$((tap_failed + $(grep -cE '\(Wstat: [1-9].* Failed: 0\)' "$scratch/tap.log" || true)))
+[ "$tap_rc" -ne 0 ] && [ "$tap_failed" -eq 0 ] && tap_failed=1
+if [ "$tap_failed" -gt 0 ]; then   # the server and helper logs of the failed scripts
+    for f in $(sed -nE 's#^.*/t/([0-9a-z_]+)\.pl +\(Wstat.*#\1#p' "$scratch/tap.log"); do
+        echo "---- tail of the logs of $f"
+        for l in "$tap"/tmp_check/log/"${f}"_*.log; do   # servers, double, relays
+            echo "-- $(basename "$l")"
+            grep -E 'ERROR|FATAL|PANIC|WARNING|terminated|rror|-> [45][0-9][0-9]' "$l" | tail -n 20
+        done
+    done
+fi
+passed=$((passed + tap_ok)); failed=$((failed + tap_failed))
 
 echo
 echo "qes_sign: $passed passed, $failed failed"

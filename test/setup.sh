@@ -6,7 +6,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 
 packages=(postgresql-15 postgresql-contrib postgresql-server-dev-15 libcurl4-openssl-dev
-          libssl-dev libipc-run-perl make gcc nodejs npm)
+          libssl-dev perl libipc-run-perl make gcc nodejs npm)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -20,6 +20,12 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "setup: installing ${missing[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# Node packages of the tests (the callback relay's PostgreSQL client), once per lock file
+if [ ! "$repo/test/node_modules/.package-lock.json" -nt "$repo/test/package-lock.json" ]; then
+    (cd "$repo/test" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    echo "setup: npm packages of test/ installed"
 fi
 
 make -s -C "$repo" >/dev/null

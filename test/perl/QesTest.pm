@@ -1,0 +1,345 @@
+# test/perl/QesTest.pm: shared helpers of qes_sign's TAP tests (test/t/*.pl).
+#
+# Starts the Skribble double (test/skribble_double/server.js) and the
+# callback relay (test/relay/relay.js) as child processes, creates
+# PostgreSQL::Test::Cluster nodes configured for the background worker, and
+# offers the steps the tests repeat: create requests, sign them at the
+# double, wait for a SQL condition, read the double's statistics.  Every
+# child process is killed when the test script ends.
+package QesTest;
+
+use strict;
+use warnings;
+use Exporter 'import';
+use File::Basename qw(basename dirname);
+use Cwd qw(abs_path);
+use HTTP::Tiny;
+use JSON::PP;
+use POSIX qw(WNOHANG);
+use Time::HiRes qw(time usleep);
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+our @EXPORT = qw(scenario start_double start_relay stop_child qes_node ctl ctl_get ctl_post
+  double_stats create_requests submitted_ok all_status_ok sign_all signer_action wait_until
+  query_list ops events worker_pid creates_once_ok test_pdf);
+
+my $repo = abs_path(dirname(__FILE__) . '/../..');
+my @children;    # every child process started here, killed at END
+my $json = JSON::PP->new->canonical;
+my $http = HTTP::Tiny->new(timeout => 30, keep_alive => 1);
+
+# scenario(name, code): one test of a script, run as a subtest; an
+# exception inside fails it and lets the script go on with the next one.
+sub scenario
+{
+	my ($name, $code) = @_;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+	return subtest $name => sub {
+		my $ok = eval { $code->(); 1 };
+		fail("died: $@") unless $ok;
+	};
+}
+
+# A small valid PDF; $extra lands in the body (e.g. "/Encrypt" for a 406).
+sub test_pdf
+{
+	my ($extra) = @_;
+	$extra //= '';
+	return "%PDF-1.4\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R >>\nendobj\n"
+	  . "2 0 obj\n<< /Type /Pages /Kids [] /Count 0 $extra>>\nendobj\n"
+	  . "trailer\n<< /Root 1 0 R >>\n%%EOF\n";
+}
+
+# start_child(name, cmd...): runs cmd with stdout/stderr in the test's log
+# folder and waits for its "LISTENING <port>" line; returns {pid, port, name}.
+sub start_child
+{
+	my ($name, @cmd) = @_;
+	my $script = basename($0, '.pl');
+	my $out = "$PostgreSQL::Test::Utils::log_path/${script}_$name.out";
+	my $err = "$PostgreSQL::Test::Utils::log_path/${script}_$name.log";
+	unlink $out;
+	my $pid = fork() // die "fork: $!";
+	if ($pid == 0)
+	{
+		open STDIN,  '<',  '/dev/null';
+		open STDOUT, '>',  $out or die "$out: $!";
+		open STDERR, '>>', $err or die "$err: $!";
+		exec @cmd or die "exec @cmd: $!";
+	}
+	push @children, $pid;
+	my $deadline = time + 20;
+	while (time < $deadline)
+	{
+		if (open my $fh, '<', $out)
+		{
+			my $text = do { local $/; <$fh> } // '';
+			return { pid => $pid, port => $1, name => $name }
+			  if $text =~ /^LISTENING (\d+)$/m;
+		}
+		if (waitpid($pid, WNOHANG) == $pid)
+		{
+			die "$name exited at start: " . PostgreSQL::Test::Utils::slurp_file($err);
+		}
+		usleep(50_000);
+	}
+	die "$name did not print LISTENING within 20 s";
+}
+
+# stop_child(child): SIGTERM, then SIGKILL after 5 s.
+sub stop_child
+{
+	my ($c) = @_;
+	return unless $c && $c->{pid};
+	local $?;
+	kill 'TERM', $c->{pid};
+	my $deadline = time + 5;
+	while (time < $deadline)
+	{
+		last if waitpid($c->{pid}, WNOHANG) != 0;
+		usleep(20_000);
+	}
+	if (kill(0, $c->{pid}))
+	{
+		kill 'KILL', $c->{pid};
+		waitpid($c->{pid}, 0);
+	}
+	@children = grep { $_ != $c->{pid} } @children;
+	$c->{pid} = undef;
+	return;
+}
+
+END
+{
+	local $?;
+	for my $pid (@children)
+	{
+		kill 'KILL', $pid;
+		waitpid($pid, 0);
+	}
+}
+
+# start_double(option => value, ...): the Skribble double on a free port;
+# returns {pid, port, url => http://127.0.0.1:port}.
+sub start_double
+{
+	my (%opt) = @_;
+	$opt{'callback-retry-interval'} //= 200;
+	my @args = map { ("--$_", $opt{$_}) } sort keys %opt;
+	push @args, '--verbose' if $ENV{QES_DOUBLE_VERBOSE};    # every call in the log
+	my $d = start_child('double',
+		'node', "$repo/test/skribble_double/server.js", '--port', 0, @args);
+	$d->{url} = "http://127.0.0.1:$d->{port}";
+	return $d;
+}
+
+# start_relay(node): the callback relay, connected (lazily) to the node's postgres database.
+sub start_relay
+{
+	my ($node, @extra) = @_;
+	my $user = getpwuid($<);
+	my $db   = sprintf("host=%s port=%s dbname=postgres user=%s", $node->host, $node->port, $user);
+	return start_child('relay_' . $node->name,
+		'node', "$repo/test/relay/relay.js", '--port', 0, '--db', $db, '--verbose', @extra);
+}
+
+# qes_node(name, double => $d, relay => 1, streaming => 0, conf => {guc => value}):
+# a started node with the worker configured against the double, qes_sign
+# created in database postgres; the relay (unless relay => 0) is
+# $node->{relay}.  With relay => 0 callbacks go to a closed port.
+sub qes_node
+{
+	my ($name, %o) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init(allows_streaming => $o{streaming} ? 1 : 0);
+	my $relay_port = 1;
+	if ($o{relay} // 1)
+	{
+		$node->{relay} = start_relay($node);
+		$relay_port = $node->{relay}{port};
+	}
+	my %conf = (
+		shared_preload_libraries      => "'qes_sign'",
+		'qes_sign.database'           => "'postgres'",
+		'qes_sign.skribble_url'       => "'$o{double}{url}/v2'",
+		'qes_sign.skribble_username'  => "'api_demo_qes_sign'",
+		'qes_sign.skribble_api_key'   => "'test-key'",
+		'qes_sign.callback_base_url'  => "'http://127.0.0.1:$relay_port/qes/callback'",
+		'qes_sign.callback_secret'    => "'tap-test-callback-secret-0123456789abcdef'",
+		'qes_sign.reconcile_interval' => "'1h'",
+		'qes_sign.retry_base_delay'   => "'100ms'",
+		'qes_sign.http_timeout'       => "'2s'",
+		'qes_sign.worker_restart_delay' => 1,
+		restart_after_crash           => 'on',    # Cluster.pm sets off; the kill -9 tests need it
+		max_connections               => 40,
+		shared_buffers                => "'32MB'",
+		log_statement                 => "'none'",
+		%{ $o{conf} // {} });
+	$node->append_conf('postgresql.conf',
+		join('', map { "$_ = $conf{$_}\n" } sort keys %conf));
+	$node->start;
+	$node->safe_psql('postgres', 'CREATE EXTENSION qes_sign CASCADE');
+	return $node;
+}
+
+# ctl(method, double, path, body): a call to the double's /_control API; returns the decoded answer.
+sub ctl
+{
+	my ($method, $d, $path, $body) = @_;
+	my $res = $http->request($method, "$d->{url}/_control/$path",
+		{
+			headers => { 'Content-Type' => 'application/json' },
+			defined $body ? (content => $json->encode($body)) : ()
+		});
+	die "$method /_control/$path: $res->{status} $res->{content}"
+	  unless $res->{success};
+	return length($res->{content}) ? $json->decode($res->{content}) : undef;
+}
+sub ctl_get  { return ctl('GET',  @_); }
+sub ctl_post { return ctl('POST', $_[0], $_[1], $_[2] // {}); }
+sub double_stats { return ctl_get($_[0], 'stats'); }
+
+# signer_action(double, skribble_id, email, view|sign|decline, body): returns the HTTP status.
+sub signer_action
+{
+	my ($d, $sr, $email, $action, $body) = @_;
+	my $res = $http->request('POST',
+		"$d->{url}/_control/signature-requests/$sr/signatures/$email/$action",
+		{
+			headers => { 'Content-Type' => 'application/json' },
+			content => $json->encode($body // {})
+		});
+	return $res->{status};
+}
+
+# query_list(node, sql): rows as arrays of columns.
+sub query_list
+{
+	my ($node, $sql) = @_;
+	my $out = $node->safe_psql('postgres', $sql);
+	return map { [ split /\|/, $_, -1 ] } grep { length } split /\n/, $out;
+}
+
+# create_requests(node, n, signers => 2, ordered => 0, expires_in => undef, document => pdf):
+# n requests with signers signer1..k@example.org; returns their ids in order.
+sub create_requests
+{
+	my ($node, $n, %o) = @_;
+	my $k = $o{signers} // 2;
+	my $doc = unpack('H*', $o{document} // test_pdf());
+	my $signers = join(', ',
+		map {
+			"jsonb_build_object('first_name', 'Signer', 'last_name', 'Nummer $_', "
+			  . "'email', 'signer$_\@example.org'"
+			  . ($o{ordered} ? ", 'sequence', $_" : '') . ')'
+		} 1 .. $k);
+	my $args = '';
+	$args .= ", ordered => true" if $o{ordered};
+	$args .= ", expires_in => interval '$o{expires_in}'" if $o{expires_in};
+	my $out = $node->safe_psql('postgres', qq{
+		SELECT qes_sign.create_request('hv-test', 'Mietvertrag Nr. ' || g,
+		       '\\x$doc'::bytea, jsonb_build_array($signers)$args)
+		  FROM generate_series(1, $n) g ORDER BY g});
+	return split /\n/, $out;
+}
+
+sub in_list { return join(', ', map { "'$_'" } @_); }
+
+# wait_until(node, sql, expected = 't', timeout = 60): polls every 0.2 s; true once sql gives expected.
+sub wait_until
+{
+	my ($node, $sql, $expected, $timeout) = @_;
+	$expected //= 't';
+	my $deadline = time + ($timeout // 60);
+	my ($out, $err) = ('', '');
+	while (time < $deadline)
+	{
+		$node->psql('postgres', $sql, stdout => \$out, stderr => \$err);
+		return 1 if $out eq $expected;
+		usleep(200_000);
+	}
+	diag("wait_until timed out: $sql\n  expected: $expected\n  last: $out $err");
+	return 0;
+}
+
+# submitted_ok(node, ids, timeout, name): every request got its Skribble id; dies if not.
+sub submitted_ok
+{
+	my ($node, $ids, $timeout, $name) = @_;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+	ok(wait_until($node,
+			"SELECT count(*) FROM qes_sign.signatur_anfragen WHERE skribble_id IS NOT NULL AND id IN ("
+			  . in_list(@$ids) . ')', scalar(@$ids), $timeout),
+		$name // scalar(@$ids) . ' requests submitted to Skribble')
+	  or die "requests not submitted: nothing to go on with\n";
+	return 1;
+}
+
+# all_status_ok(node, ids, status, timeout, name): every request reaches status.
+sub all_status_ok
+{
+	my ($node, $ids, $status, $timeout, $name) = @_;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+	return ok(wait_until($node, "SELECT count(*) FROM qes_sign.signatur_anfragen WHERE id IN ("
+			  . in_list(@$ids) . ") AND status = '$status'", scalar(@$ids), $timeout),
+		$name // scalar(@$ids) . " requests $status");
+}
+
+# sign_all(double, node, ids): every current signer of each request signs at
+# the double, in sequence order; returns the number of refused signatures.
+sub sign_all
+{
+	my ($d, $node, $ids) = @_;
+	my $failed = 0;
+	for my $row (query_list($node, qq{
+		SELECT a.skribble_id, s.email FROM qes_sign.signatur_anfragen a
+		  JOIN qes_sign.signers s ON s.request_id = a.id AND s.status <> 'replaced'
+		 WHERE a.id IN (} . in_list(@$ids) . q{)
+		 ORDER BY a.id, s.sequence NULLS FIRST, s.position}))
+	{
+		next if signer_action($d, $row->[0], $row->[1], 'sign') == 200;
+		diag("$row->[1] could not sign $row->[0] at the double");
+		$failed++;
+	}
+	return $failed;
+}
+
+# ops(node): the operations view as a hash.
+sub ops
+{
+	my ($node) = @_;
+	return { map { @$_ } query_list($node, 'SELECT metric, value FROM qes_sign.operations') };
+}
+
+# events(node, id): the event names of a request's timeline, oldest first.
+sub events
+{
+	my ($node, $id) = @_;
+	return [ map { $_->[0] } query_list($node, "SELECT event FROM qes_sign.timeline('$id')") ];
+}
+
+# worker_pid(node): pid of the qes_sign worker, or '' if none runs.
+sub worker_pid
+{
+	my ($node) = @_;
+	return $node->safe_psql('postgres',
+		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'qes_sign worker'");
+}
+
+# creates_once_ok(double, ids): the double saw exactly one create per request and no duplicates.
+sub creates_once_ok
+{
+	my ($d, $ids, $name) = @_;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+	my $by = double_stats($d)->{creates_by_custom} // {};
+	my @twice   = grep { $by->{$_} > 1 } sort keys %$by;
+	my @missing = grep { ($by->{$_} // 0) != 1 } @$ids;
+	ok(!@twice && !@missing, $name // 'each request created exactly once at Skribble')
+	  or diag("created more than once: @twice[0..($#twice < 9 ? $#twice : 9)]; "
+		  . "not exactly once: " . scalar(@missing));
+	return;
+}
+
+1;
