@@ -11,7 +11,8 @@ OBJS = \
 	src/webhook.o \
 	src/http.o \
 	src/skribble.o \
-	src/worker.o
+	src/worker.o \
+	src/s3.o
 
 EXTENSION = qes_sign
 DATA = sql/qes_sign--1.0.sql
@@ -19,7 +20,7 @@ PGFILEDESC = "qes_sign - qualified electronic signature workflows"
 
 # pg_regress suites (sql/*.sql, expected/*.out), in order
 REGRESS = install status_machine create_request actions apply_state \
-	audit callbacks webhooks security worker_rules
+	audit callbacks webhooks security worker_rules archive
 # isolation specs (specs/*.spec, expected/*.out)
 ISOLATION = concurrent_completion concurrent_audit notifications
 REGRESS_OPTS = --temp-config=$(srcdir)/test/qes_sign.conf --temp-instance=./tmp_check

@@ -85,6 +85,7 @@ CREATE TABLE signatur_anfragen (
     retention_until  date,
     restarted_from   uuid REFERENCES signatur_anfragen,
     synced_at        timestamptz,             -- last state fetched from Skribble
+    purged_at        timestamptz,             -- archive and personal data deleted
     CHECK ((status = 'abgebrochen') = (cancelled_at IS NOT NULL))
 );
 CREATE INDEX ON signatur_anfragen (verwaltung, created_at);
@@ -175,6 +176,20 @@ CREATE TABLE archive_objects (
     PRIMARY KEY (request_id, kind)
 );
 COMMENT ON TABLE archive_objects IS 'Objects of a request stored in the archive bucket, with their digests';
+
+CREATE TABLE archive_staging (
+    request_id       uuid NOT NULL REFERENCES signatur_anfragen,
+    kind             text NOT NULL CHECK (kind IN ('signed_pdf', 'protocol_pdf', 'protocol_json', 'record_json')),
+    key              text NOT NULL,
+    content          bytea NOT NULL,
+    content_type     text NOT NULL,
+    sha256           bytea NOT NULL,
+    stored_at        timestamptz,             -- the PUT was answered 2xx
+    verified_at      timestamptz,             -- a HEAD showed its size and digest
+    PRIMARY KEY (request_id, kind)
+);
+COMMENT ON TABLE archive_staging IS
+    'Archive objects of a request on their way to the bucket; emptied when the request is archiviert';
 
 -------------------------------------------------------------------------------
 -- Audit trail: append-only, hash-chained (see src/audit.c)
@@ -891,8 +906,13 @@ BEGIN
                                 WHERE request_id = p_id AND status = 'signed'), clock())
                               ELSE a.completed_at END,
         cancelled_at    = CASE WHEN p_to = 'abgebrochen' THEN clock() ELSE a.cancelled_at END,
-        cancel_reason   = CASE WHEN p_to = 'abgebrochen' THEN p_reason ELSE a.cancel_reason END
+        cancel_reason   = CASE WHEN p_to = 'abgebrochen' THEN p_reason ELSE a.cancel_reason END,
+        archived_at     = CASE WHEN p_to = 'archiviert' THEN clock() ELSE a.archived_at END
      WHERE a.id = p_id;
+    IF p_to = 'vollstaendig' THEN
+        UPDATE signatur_anfragen a SET retention_until = retention_until(a.vorgangstyp, a.completed_at)
+         WHERE a.id = p_id;
+    END IF;
     -- nothing is left to do at Skribble once all signed or it ended
     IF p_to IN ('vollstaendig', 'abgebrochen') THEN
         UPDATE work_items SET state = 'done', last_error = 'cancelled: request is ' || p_to,
@@ -1018,8 +1038,17 @@ CREATE FUNCTION _url_escape(value text) RETURNS text
     LANGUAGE c IMMUTABLE STRICT AS 'MODULE_PATHNAME', 'qes_sign_url_escape';
 
 -- a Skribble API call, as the worker sends it (path below qes_sign.skribble_url)
-CREATE TYPE api_call AS (item_id bigint, request_id uuid, kind text, method text,
-                         path text, body text);
+CREATE TYPE api_call AS (item_id bigint, request_id uuid, kind text, target text, method text,
+                         path text, body text, data bytea, headers text[]);
+COMMENT ON TYPE api_call IS
+    'A call of the worker: target skribble (path below skribble_url, JSON body) or s3 (path = object key, data)';
+
+-- _skribble_call is a call to the Skribble API
+CREATE FUNCTION _skribble_call(w work_items, kind text, method text, path text,
+                               body text DEFAULT NULL, headers text[] DEFAULT NULL) RETURNS api_call
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT ROW(w.id, w.request_id, kind, 'skribble', method, path, body, NULL, headers)::qes_sign.api_call
+$$;
 
 -- _signer_body is one entry of a create's "signatures" (or a signer added later)
 CREATE FUNCTION _signer_body(s signers, ordered boolean) RETURNS jsonb
@@ -1049,7 +1078,301 @@ LANGUAGE sql STABLE AS $$
                 THEN qes_sign.callback_urls(r.id) ELSE '{}' END
 $$;
 
--- _call_for decides the HTTP call a claimed work item needs now
+-------------------------------------------------------------------------------
+-- Archive (S3): the rules; src/http.c signs and sends
+-------------------------------------------------------------------------------
+
+-- retention_until: the last day a request of this type must be kept when
+-- completed at that time: N years after the end of the calendar year of
+-- completion, in German time (§ 257 Abs. 5 HGB, § 147 Abs. 4 AO)
+CREATE FUNCTION retention_until(vorgangstyp text, completed_at timestamptz) RETURNS date
+LANGUAGE sql STABLE SET search_path = pg_catalog, qes_sign AS $$
+    SELECT (date_trunc('year', completed_at AT TIME ZONE 'Europe/Berlin')
+            + make_interval(years => t.retention_years + 1) - interval '1 day')::date
+      FROM vorgangstypen t WHERE t.vorgangstyp = retention_until.vorgangstyp
+$$;
+COMMENT ON FUNCTION retention_until(text, timestamptz) IS
+    'Last day of the retention period: the type''s years after the end of the year of completion';
+
+CREATE FUNCTION _s3_configured() RETURNS boolean LANGUAGE sql STABLE AS $$
+    SELECT current_setting('qes_sign.s3_endpoint') <> '' AND current_setting('qes_sign.s3_bucket') <> ''
+$$;
+
+-- _s3_request: one S3 call from the calling backend (download, purge)
+CREATE FUNCTION _s3_request(method text, bucket text, key text,
+                            OUT status int, OUT body bytea, OUT error text)
+    LANGUAGE c AS 'MODULE_PATHNAME', 'qes_sign_s3_request';
+
+-- _archive_key: <verwaltung>/<year of completion>/<request id>/<file>
+CREATE FUNCTION _archive_key(r signatur_anfragen, kind text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT format('%s/%s/%s/%s', r.verwaltung,
+                  extract(year FROM r.completed_at AT TIME ZONE 'Europe/Berlin'), r.id,
+                  CASE kind WHEN 'signed_pdf' THEN 'signed.pdf' WHEN 'protocol_pdf' THEN 'protocol.pdf'
+                            WHEN 'protocol_json' THEN 'protocol.json' ELSE 'record.json' END)
+$$;
+
+-- _archive_record: the request as an auditor reads it years later: data,
+-- signers, digests of the other objects, and its audit entries
+CREATE FUNCTION _archive_record(r signatur_anfragen) RETURNS bytea
+LANGUAGE sql STABLE SET search_path = pg_catalog, qes_sign AS $$
+    SELECT convert_to(jsonb_pretty(jsonb_build_object(
+        'format', 'qes_sign-record-v1',
+        'request', jsonb_strip_nulls(jsonb_build_object(
+            'id', r.id, 'verwaltung', r.verwaltung, 'vorgangstyp', r.vorgangstyp, 'title', r.title,
+            'quality', r.quality, 'legislation', r.legislation, 'skribble_id', r.skribble_id,
+            'document_id', r.document_id, 'document_sha256', encode(r.document_sha256, 'hex'),
+            'document_size', r.document_size, 'created_by', r.created_by,
+            'created_at', _iso(r.created_at), 'sent_at', _iso(r.sent_at),
+            'first_viewed_at', _iso(r.first_viewed_at), 'completed_at', _iso(r.completed_at),
+            'retention_until', r.retention_until)),
+        'signers', (SELECT jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
+                        'email', s.email, 'first_name', s.first_name, 'last_name', s.last_name,
+                        'status', s.status, 'sid', s.sid, 'viewed_at', _iso(s.viewed_at),
+                        'signed_at', _iso(s.signed_at), 'signed_quality', s.signed_quality))
+                        ORDER BY s.position, s.id)
+                      FROM signers s WHERE s.request_id = r.id),
+        'objects', (SELECT jsonb_object_agg(g.kind, jsonb_build_object(
+                        'key', g.key, 'sha256', encode(g.sha256, 'hex'), 'size', length(g.content)))
+                      FROM archive_staging g WHERE g.request_id = r.id),
+        'audit', (SELECT jsonb_agg(jsonb_build_object(
+                      'seq', l.seq, 'at', _iso(l.at), 'event', l.event, 'actor', l.actor,
+                      'detail', l.detail, 'hash', encode(l.hash, 'hex')) ORDER BY l.seq)
+                    FROM audit_log l WHERE l.request_id = r.id))), 'UTF8')
+$$;
+
+-- _stage keeps one object of a request for upload
+CREATE FUNCTION _stage(r signatur_anfragen, p_kind text, p_content bytea, p_type text) RETURNS void
+LANGUAGE sql AS $$
+    INSERT INTO qes_sign.archive_staging (request_id, kind, key, content, content_type, sha256)
+    VALUES (r.id, p_kind, qes_sign._archive_key(r, p_kind), p_content, p_type, sha256(p_content))
+    ON CONFLICT (request_id, kind) DO NOTHING
+$$;
+
+-- _put_headers: the content type, and object lock when it is configured
+CREATE FUNCTION _put_headers(r signatur_anfragen, g archive_staging) RETURNS text[]
+LANGUAGE sql STABLE AS $$
+    SELECT ARRAY['Content-Type: ' || g.content_type]
+        || CASE WHEN current_setting('qes_sign.s3_object_lock') <> 'off' THEN ARRAY[
+               'x-amz-object-lock-mode: ' || upper(current_setting('qes_sign.s3_object_lock')),
+               'x-amz-object-lock-retain-until-date: ' || to_char(r.retention_until, 'YYYY-MM-DD') || 'T23:59:59Z']
+           ELSE '{}' END
+$$;
+
+-- _archive_call: the next step of archiving: fetch from Skribble what is
+-- not staged, then PUT and HEAD each object; once all are verified the
+-- request is archived without another call (NULL)
+CREATE FUNCTION _archive_call(w work_items, r signatur_anfragen) RETURNS api_call
+LANGUAGE plpgsql AS $$
+DECLARE
+    sr text := '/signature-requests/' || _url_escape(r.skribble_id);
+    g archive_staging;
+    staged text[] := ARRAY(SELECT kind FROM archive_staging WHERE request_id = r.id);
+BEGIN
+    IF NOT 'signed_pdf' = ANY (staged) THEN
+        RETURN _skribble_call(w, 'fetch:signed_pdf', 'GET',
+                              '/documents/' || _url_escape(r.document_id) || '/content', NULL,
+                              '{"Accept: application/pdf"}');
+    ELSIF NOT 'protocol_pdf' = ANY (staged) THEN
+        RETURN _skribble_call(w, 'fetch:protocol_pdf', 'GET', sr || '/report?type=PDF', NULL,
+                              '{"Accept: application/pdf"}');
+    ELSIF NOT 'protocol_json' = ANY (staged) THEN
+        RETURN _skribble_call(w, 'fetch:protocol_json', 'GET', sr || '/report?type=JSON');
+    ELSIF NOT 'record_json' = ANY (staged) THEN
+        PERFORM _stage(r, 'record_json', _archive_record(r), 'application/json');
+    END IF;
+    SELECT * INTO g FROM archive_staging WHERE request_id = r.id AND verified_at IS NULL
+     ORDER BY kind LIMIT 1;
+    IF FOUND AND g.stored_at IS NULL THEN
+        RETURN ROW(w.id, r.id, 'put:' || g.kind, 's3', 'PUT', g.key, NULL, g.content, _put_headers(r, g))::api_call;
+    ELSIF FOUND THEN
+        RETURN ROW(w.id, r.id, 'head:' || g.kind, 's3', 'HEAD', g.key, NULL, NULL, NULL)::api_call;
+    END IF;
+    PERFORM _archive_finish(w, r);
+    RETURN NULL;
+END
+$$;
+
+-- _archive_finish: in one transaction the archive rows, the audit entry
+-- with keys and digests, and the transition to archiviert
+CREATE FUNCTION _archive_finish(w work_items, r signatur_anfragen) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO archive_objects AS o (request_id, kind, bucket, key, sha256, size, content_type,
+                                      stored_at, verified_at)
+    SELECT g.request_id, g.kind, current_setting('qes_sign.s3_bucket'), g.key, g.sha256,
+           length(g.content), g.content_type, g.stored_at, g.verified_at
+      FROM archive_staging g WHERE g.request_id = r.id
+    ON CONFLICT (request_id, kind) DO UPDATE
+       SET bucket = excluded.bucket, key = excluded.key, sha256 = excluded.sha256, size = excluded.size,
+           content_type = excluded.content_type, stored_at = excluded.stored_at,
+           verified_at = excluded.verified_at;
+    PERFORM _emit(r.id, 'archived', jsonb_build_object(
+        'bucket', current_setting('qes_sign.s3_bucket'), 'retention_until', r.retention_until,
+        'objects', (SELECT jsonb_agg(jsonb_build_object('kind', g.kind, 'key', g.key,
+                        'sha256', encode(g.sha256, 'hex'), 'size', length(g.content)) ORDER BY g.kind)
+                      FROM archive_staging g WHERE g.request_id = r.id)));
+    PERFORM _transition(r.id, 'archiviert');
+    DELETE FROM archive_staging WHERE request_id = r.id;
+    PERFORM _finish(w.id, 'done');
+END
+$$;
+
+-- _header: one header of an answer (raw header lines), case-insensitive
+CREATE FUNCTION _header(raw text, name text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT btrim(substring(raw FROM '(?in)^' || name || ':\s*([^\r\n]*)'))
+$$;
+
+-- _archive_answer: a successful answer to a step of archiving
+CREATE FUNCTION _archive_answer(w work_items, call_kind text, body bytea, headers text) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    r signatur_anfragen;
+    step text := split_part(call_kind, ':', 1);
+    obj text := split_part(call_kind, ':', 2);
+    g archive_staging;
+BEGIN
+    SELECT * INTO r FROM signatur_anfragen WHERE id = w.request_id;
+    SELECT * INTO g FROM archive_staging WHERE request_id = r.id AND kind = obj;
+    CASE step
+    WHEN 'fetch' THEN
+        IF obj LIKE '%pdf' AND substring(body FROM 1 FOR 5) IS DISTINCT FROM '\x255044462d'::bytea THEN
+            RETURN _retry(w, format('Skribble''s %s is not a PDF', obj));
+        ELSIF obj LIKE '%json' AND NOT _is_json(body) THEN
+            RETURN _retry(w, format('Skribble''s %s is not JSON', obj));
+        END IF;
+        PERFORM _stage(r, obj, body, CASE WHEN obj LIKE '%pdf' THEN 'application/pdf' ELSE 'application/json' END);
+    WHEN 'put' THEN
+        UPDATE archive_staging SET stored_at = clock() WHERE request_id = r.id AND kind = obj;
+    WHEN 'head' THEN
+        IF _header(headers, 'content-length') IS DISTINCT FROM length(g.content)::text
+           OR _header(headers, 'x-amz-meta-sha256') IS DISTINCT FROM encode(g.sha256, 'hex') THEN
+            -- never accepted: upload it again
+            UPDATE archive_staging SET stored_at = NULL WHERE request_id = r.id AND kind = obj;
+            RETURN _retry(w, format('archive object %s does not match after upload (size %s, sha256 %s)',
+                                    g.key, _header(headers, 'content-length'),
+                                    coalesce(_header(headers, 'x-amz-meta-sha256'), 'missing')));
+        END IF;
+        UPDATE archive_staging SET verified_at = clock() WHERE request_id = r.id AND kind = obj;
+    END CASE;
+    RETURN _again(w.id, '0');
+END
+$$;
+
+CREATE FUNCTION _is_json(body bytea) RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    PERFORM convert_from(body, 'UTF8')::jsonb;
+    RETURN true;
+EXCEPTION WHEN OTHERS THEN
+    RETURN false;
+END
+$$;
+
+-- download: an archived object, read back from the bucket and checked
+-- against its recorded SHA-256; who fetched what goes into the audit trail
+CREATE FUNCTION download(id uuid, kind text DEFAULT 'signed_pdf') RETURNS bytea
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, qes_sign AS $$
+DECLARE
+    r signatur_anfragen := _lock_request(id);
+    o archive_objects;
+    got record;
+BEGIN
+    SELECT * INTO o FROM archive_objects a WHERE a.request_id = r.id AND a.kind = download.kind;
+    IF NOT FOUND THEN
+        IF kind NOT IN ('signed_pdf', 'protocol_pdf', 'protocol_json', 'record_json') THEN
+            PERFORM _invalid('kind', 'is not an archive object',
+                             format('The value is %s.', to_jsonb(kind)),
+                             p_hint => 'Kinds: signed_pdf, protocol_pdf, protocol_json, record_json.');
+        END IF;
+        RAISE EXCEPTION 'signature request % has no archived %', r.id, kind
+            USING ERRCODE = '55000', DETAIL = format('The request is %s.', r.status);
+    END IF;
+    got := _s3_request('GET', o.bucket, o.key);
+    IF got.error IS NOT NULL OR got.status <> 200 THEN
+        RAISE EXCEPTION 'could not read archive object %', o.key
+            USING ERRCODE = '58030', DETAIL = coalesce(got.error, _s3_message(got.body, got.status));
+    END IF;
+    IF sha256(got.body) <> o.sha256 THEN
+        RAISE EXCEPTION 'archive object % does not match its recorded SHA-256', o.key
+            USING ERRCODE = 'XX001',
+                  DETAIL = format('Recorded %s, the bucket holds %s (%s bytes).', encode(o.sha256, 'hex'),
+                                  encode(sha256(got.body), 'hex'), length(got.body));
+    END IF;
+    PERFORM _emit(r.id, 'downloaded', jsonb_build_object('kind', kind, 'key', o.key,
+                                                         'sha256', encode(o.sha256, 'hex')));
+    RETURN got.body;
+END
+$$;
+COMMENT ON FUNCTION download(uuid, text) IS
+    'Reads an archived object back from the bucket, verifies its SHA-256, and records the download';
+
+-- purge: after the retention period, the archive objects and the personal
+-- data of a request go; its skeleton and an audit entry stay
+CREATE FUNCTION purge(id uuid) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, qes_sign AS $$
+DECLARE
+    r signatur_anfragen := _lock_request(id);
+    o archive_objects;
+    got record;
+BEGIN
+    IF NOT _is_admin() THEN
+        RAISE EXCEPTION 'only qes_sign_admin may purge' USING ERRCODE = '42501';
+    END IF;
+    PERFORM _require_status(r, 'purge', 'archiviert');
+    IF r.purged_at IS NOT NULL THEN
+        RAISE EXCEPTION 'signature request % was purged at %', r.id, r.purged_at USING ERRCODE = '55000';
+    END IF;
+    IF (clock() AT TIME ZONE 'Europe/Berlin')::date <= r.retention_until THEN
+        RAISE EXCEPTION 'signature request % must be kept until %', r.id, to_char(r.retention_until, 'YYYY-MM-DD')
+            USING ERRCODE = '55000',
+                  DETAIL = (SELECT format('%s: %s years after the year of completion (%s).',
+                                          t.bezeichnung, t.retention_years, t.retention_basis)
+                              FROM vorgangstypen t WHERE t.vorgangstyp = r.vorgangstyp);
+    END IF;
+    FOR o IN SELECT * FROM archive_objects a WHERE a.request_id = r.id LOOP
+        got := _s3_request('DELETE', o.bucket, o.key);
+        IF got.error IS NOT NULL OR got.status NOT IN (200, 204, 404) THEN
+            RAISE EXCEPTION 'could not delete archive object %', o.key
+                USING ERRCODE = '58030', DETAIL = coalesce(got.error, _s3_message(got.body, got.status));
+        END IF;
+    END LOOP;
+    PERFORM _emit(r.id, 'purged', jsonb_build_object('retention_until', r.retention_until,
+        'objects', (SELECT jsonb_agg(a.key ORDER BY a.kind) FROM archive_objects a WHERE a.request_id = r.id)));
+    DELETE FROM archive_objects WHERE request_id = r.id;
+    UPDATE signers SET first_name = '', last_name = '', email = 'purged-' || signers.id || '@invalid',
+           mobile = NULL, decline_message = NULL
+     WHERE request_id = r.id;
+    UPDATE signatur_anfragen SET title = 'purged', message = NULL, document = NULL, purged_at = clock()
+     WHERE signatur_anfragen.id = r.id;
+END
+$$;
+COMMENT ON FUNCTION purge(uuid) IS
+    'After the retention period: deletes the archive objects and personal data of an archiviert request';
+
+-- _s3_message: S3's error code and message from its XML answer
+CREATE FUNCTION _s3_message(body bytea, http_status int) RETURNS text
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    x xml;
+BEGIN
+    x := convert_from(body, 'UTF8')::xml;
+    RETURN format('HTTP %s: %s: %s', http_status, (xpath('/Error/Code/text()', x))[1],
+                  (xpath('/Error/Message/text()', x))[1]);
+EXCEPTION WHEN OTHERS THEN
+    RETURN 'HTTP ' || http_status;
+END
+$$;
+
+-- _config_reloaded: after a reload (a fixed key, say) failed work is due now
+CREATE FUNCTION _config_reloaded() RETURNS void
+LANGUAGE sql SET search_path = pg_catalog, qes_sign AS $$
+    UPDATE work_items SET due_at = clock() WHERE state = 'pending' AND failures > 0
+$$;
+
+-- _call_for decides the HTTP call a claimed work item needs now (NULL:
+-- none; the item was settled without one)
 CREATE FUNCTION _call_for(w work_items) RETURNS api_call
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -1064,26 +1387,28 @@ BEGIN
     WHEN 'submit' THEN
         IF w.payload ? 'posted' THEN
             -- a create whose outcome is unknown: look for it before sending again
-            RETURN ROW(w.id, r.id, 'search', 'GET', format('/signature-requests?search=%s&page_size=100&page_number=%s',
-                       _url_escape(r.title), coalesce(w.payload ->> 'page', '1')), NULL)::api_call;
+            RETURN _skribble_call(w, 'search', 'GET', format('/signature-requests?search=%s&page_size=100&page_number=%s',
+                                  _url_escape(r.title), coalesce(w.payload ->> 'page', '1')));
         END IF;
         UPDATE work_items SET payload = payload || '{"posted": true}' WHERE id = w.id;
-        RETURN ROW(w.id, r.id, 'create', 'POST', '/signature-requests', _create_body(r)::text)::api_call;
+        RETURN _skribble_call(w, 'create', 'POST', '/signature-requests', _create_body(r)::text);
     WHEN 'refresh' THEN
-        RETURN ROW(w.id, r.id, 'get', 'GET', sr, NULL)::api_call;
+        RETURN _skribble_call(w, 'get', 'GET', sr);
     WHEN 'remind' THEN
-        RETURN ROW(w.id, r.id, 'remind', 'POST', sr || '/remind', NULL)::api_call;
+        RETURN _skribble_call(w, 'remind', 'POST', sr || '/remind');
     WHEN 'withdraw', 'expire' THEN
-        RETURN ROW(w.id, r.id, 'withdraw', 'POST', sr || '/withdraw', jsonb_build_object('message',
-                   CASE w.kind WHEN 'expire' THEN 'expired' ELSE coalesce(w.payload ->> 'reason', 'withdrawn') END)::text)::api_call;
+        RETURN _skribble_call(w, 'withdraw', 'POST', sr || '/withdraw', jsonb_build_object('message',
+                   CASE w.kind WHEN 'expire' THEN 'expired' ELSE coalesce(w.payload ->> 'reason', 'withdrawn') END)::text);
     WHEN 'replace_signer' THEN
         SELECT s.sid INTO old_sid FROM signers s WHERE s.id = (w.payload ->> 'old_signer')::bigint;
-        IF coalesce(old_sid, w.payload ->> 'old_sid') IS NOT NULL AND NOT w.payload ? 'deleted' THEN
-            RETURN ROW(w.id, r.id, 'delete_signer', 'DELETE',
-                       sr || '/signatures/' || _url_escape(coalesce(old_sid, w.payload ->> 'old_sid')), NULL)::api_call;
+        old_sid := coalesce(old_sid, w.payload ->> 'old_sid');
+        IF old_sid IS NOT NULL AND NOT w.payload ? 'deleted' THEN
+            RETURN _skribble_call(w, 'delete_signer', 'DELETE', sr || '/signatures/' || _url_escape(old_sid));
         END IF;
         SELECT * INTO n FROM signers s WHERE s.id = (w.payload ->> 'new_signer')::bigint;
-        RETURN ROW(w.id, r.id, 'add_signer', 'POST', sr || '/signatures', _signer_body(n, r.ordered)::text)::api_call;
+        RETURN _skribble_call(w, 'add_signer', 'POST', sr || '/signatures', _signer_body(n, r.ordered)::text);
+    WHEN 'archive' THEN
+        RETURN _archive_call(w, r);
     END CASE;
 END
 $$;
@@ -1095,6 +1420,7 @@ CREATE FUNCTION _claim(n int) RETURNS SETOF api_call
 LANGUAGE plpgsql SET search_path = pg_catalog, qes_sign AS $$
 DECLARE
     item work_items;
+    call api_call;
 BEGIN
     -- verified callbacks become one refresh per request; one already in
     -- flight runs again when it is done, since it may have read older state
@@ -1112,7 +1438,7 @@ BEGIN
             SELECT w.id FROM work_items w JOIN signatur_anfragen a ON a.id = w.request_id
              WHERE w.state = 'pending' AND w.due_at <= clock()
                AND (w.leased_until IS NULL OR w.leased_until < clock())
-               AND w.kind <> 'archive'
+               AND (w.kind <> 'archive' OR _s3_configured())
                AND (w.kind = 'submit' OR a.skribble_id IS NOT NULL)
              ORDER BY w.due_at, w.id
              LIMIT n
@@ -1121,7 +1447,10 @@ BEGIN
           FROM c WHERE x.id = c.id
         RETURNING x.*
     LOOP
-        RETURN NEXT _call_for(item);
+        call := _call_for(item);
+        IF call.item_id IS NOT NULL THEN
+            RETURN NEXT call;
+        END IF;
     END LOOP;
 END
 $$;
@@ -1131,7 +1460,7 @@ CREATE FUNCTION _next_due() RETURNS double precision
 LANGUAGE sql STABLE SET search_path = pg_catalog, qes_sign AS $$
     SELECT greatest(0, extract(epoch FROM min(w.due_at) - clock()) * 1000)
       FROM work_items w JOIN signatur_anfragen a ON a.id = w.request_id
-     WHERE w.state = 'pending' AND w.kind <> 'archive'
+     WHERE w.state = 'pending' AND (w.kind <> 'archive' OR _s3_configured())
        AND (w.leased_until IS NULL OR w.leased_until < clock())
        AND (w.kind = 'submit' OR a.skribble_id IS NOT NULL)
 $$;
@@ -1258,22 +1587,59 @@ BEGIN
 END
 $$;
 
+-- _retry schedules a failed call again, with backoff (or Retry-After);
+-- after retry_max_attempts failures in a row it gives up
+CREATE FUNCTION _retry(w work_items, failure text, call_kind text DEFAULT NULL, http_status int DEFAULT 0,
+                       retry_after int DEFAULT 0) RETURNS text
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF w.failures + 1 >= current_setting('qes_sign.retry_max_attempts')::int THEN
+        IF w.kind = 'archive' THEN
+            -- the request stays vollstaendig; operators see why
+            PERFORM _finish(w.id, 'failed', format('gave up after %s failed attempts (last: %s)',
+                                                  w.failures + 1, failure));
+            PERFORM _emit(w.request_id, 'archive_failed', jsonb_build_object('reason', failure));
+            RETURN 'failed';
+        END IF;
+        RETURN _record_final(w, call_kind, http_status,
+                             format('gave up after %s failed attempts (last: %s)', w.failures + 1, failure),
+                             NULL, true);
+    END IF;
+    RETURN _again(w.id, CASE WHEN http_status IN (429, 503) AND retry_after > 0
+                             THEN make_interval(secs => retry_after) ELSE _backoff(w.failures + 1) END,
+                  '{}', failure, 'retry');
+END
+$$;
+
 -- _record_result is what the worker calls with every answer (or transport
 -- error): success, final failure, or a retry with backoff or Retry-After
 CREATE FUNCTION _record_result(p_item bigint, call_kind text, http_status int, body bytea,
-                               retry_after int, transport_error text)
+                               retry_after int, transport_error text, headers text DEFAULT NULL)
 RETURNS text LANGUAGE plpgsql SET search_path = pg_catalog, qes_sign AS $$
 DECLARE
     w work_items;
     m record;
     answer jsonb;
-    failure text;
+    ok boolean := transport_error IS NULL AND http_status BETWEEN 200 AND 299;
 BEGIN
     SELECT * INTO w FROM work_items WHERE id = p_item FOR UPDATE;
     IF NOT FOUND OR w.state <> 'pending' THEN
         RETURN 'stale';
     END IF;
-    IF transport_error IS NULL AND http_status BETWEEN 200 AND 299 THEN
+    IF w.kind = 'archive' THEN
+        -- nothing about archiving is final: the request stays vollstaendig
+        IF ok THEN
+            RETURN _archive_answer(w, call_kind, body, headers);
+        ELSIF call_kind LIKE 'head:%' AND http_status = 404 THEN
+            UPDATE archive_staging SET stored_at = NULL
+             WHERE request_id = w.request_id AND kind = split_part(call_kind, ':', 2);
+        END IF;
+        RETURN _retry(w, coalesce(transport_error, CASE WHEN call_kind LIKE 'fetch:%'
+                                  THEN 'Skribble: HTTP ' || http_status || ': ' || (_skribble_message(body, http_status)).message
+                                  ELSE 'S3: ' || _s3_message(body, http_status) END),
+                      call_kind, http_status, retry_after);
+    END IF;
+    IF ok THEN
         BEGIN
             answer := CASE WHEN length(body) > 0 THEN convert_from(body, 'UTF8')::jsonb END;
         EXCEPTION WHEN OTHERS THEN
@@ -1284,21 +1650,14 @@ BEGIN
         END IF;
     END IF;
     m := _skribble_message(body, http_status);
-    failure := coalesce(transport_error, format('HTTP %s: %s', http_status, m.message));
     IF http_status = 429 AND m.key = 'error.rate_limit.reminder' OR
        transport_error IS NULL AND http_status BETWEEN 400 AND 499
        AND http_status NOT IN (401, 403, 408, 429) OR
        http_status = 403 AND coalesce(m.key, '') NOT LIKE 'error.auth.%' THEN
         RETURN _record_final(w, call_kind, http_status, m.message, m.key);
     END IF;
-    IF w.failures + 1 >= current_setting('qes_sign.retry_max_attempts')::int THEN
-        RETURN _record_final(w, call_kind, http_status,
-                             format('gave up after %s failed attempts (last: %s)', w.failures + 1, failure),
-                             NULL, true);
-    END IF;
-    RETURN _again(w.id, CASE WHEN http_status IN (429, 503) AND retry_after > 0
-                             THEN make_interval(secs => retry_after) ELSE _backoff(w.failures + 1) END,
-                  '{}', failure, 'retry');
+    RETURN _retry(w, coalesce(transport_error, format('HTTP %s: %s', http_status, m.message)),
+                  call_kind, http_status, retry_after);
 END
 $$;
 
@@ -1464,12 +1823,13 @@ GRANT SELECT ON signatur_anfragen, signers, audit_log, archive_objects, vorgangs
 GRANT EXECUTE ON FUNCTION create_request(text, text, bytea, jsonb, text, text, boolean, interval, uuid, uuid),
                           remind(uuid), withdraw(uuid, text), replace_signer(uuid, text, jsonb),
                           restart(uuid), receive_callback(text, bytea), receive_webhook(jsonb, bytea),
-                          timeline(uuid), wake(), clock(), acting_role(), transitions_c()
+                          timeline(uuid), wake(), clock(), acting_role(), transitions_c(),
+                          download(uuid, text), retention_until(text, timestamptz)
     TO qes_sign_app;
 
 GRANT qes_sign_app TO qes_sign_admin;
 GRANT SELECT ON ALL TABLES IN SCHEMA qes_sign TO qes_sign_admin;
-GRANT EXECUTE ON FUNCTION verify_audit_chain(), callback_urls(uuid), counters(),
+GRANT EXECUTE ON FUNCTION verify_audit_chain(), callback_urls(uuid), counters(), purge(uuid),
                           audit_hash(bytea, bigint, timestamptz, uuid, text, text, text, jsonb)
     TO qes_sign_admin;
 
@@ -1485,5 +1845,6 @@ SELECT pg_catalog.pg_extension_config_dump('work_items_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('callback_inbox', '');
 SELECT pg_catalog.pg_extension_config_dump('callback_inbox_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('archive_objects', '');
+SELECT pg_catalog.pg_extension_config_dump('archive_staging', '');
 SELECT pg_catalog.pg_extension_config_dump('audit_log', '');
 SELECT pg_catalog.pg_extension_config_dump('audit_head', '');

@@ -24,12 +24,13 @@ $$;
 
 -- regress.answer: hands an answer to the work item of a request
 CREATE FUNCTION regress.answer(id uuid, call_kind text, status int, body text,
-                               retry_after int DEFAULT 0, err text DEFAULT NULL) RETURNS text
+                               retry_after int DEFAULT 0, err text DEFAULT NULL,
+                               headers text DEFAULT NULL) RETURNS text
 LANGUAGE sql AS $$
     SELECT qes_sign._record_result(
         (SELECT w.id FROM qes_sign.work_items w WHERE w.request_id = answer.id AND w.state = 'pending'
-            AND w.kind <> 'archive' ORDER BY w.id LIMIT 1),
-        call_kind, status, convert_to(replace(body, '{{ID}}', id::text), 'UTF8'), retry_after, err)
+            AND (w.kind = 'archive') = (call_kind LIKE '%:%') ORDER BY w.id LIMIT 1),
+        call_kind, status, convert_to(replace(body, '{{ID}}', id::text), 'UTF8'), retry_after, err, headers)
 $$;
 
 -- regress.due: makes a request's pending work due now

@@ -1,8 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * crypto.c
- *		The only place qes_sign touches OpenSSL: SHA-256, HMAC-SHA-256,
- *		base64 and constant-time comparison.  Nothing here is hand-rolled.
+ *		The only place qes_sign touches OpenSSL: SHA-256, MD5 (S3's
+ *		Content-MD5), HMAC-SHA-256, base64 and constant-time comparison.  Nothing here is hand-rolled.
  *
  *-------------------------------------------------------------------------
  */
@@ -13,15 +13,35 @@
 #include <openssl/hmac.h>
 
 /*
+ * digest writes the digest of data with md to out.
+ */
+static void
+digest(const EVP_MD *md, const char *name, const void *data, size_t len,
+	   unsigned char *out)
+{
+	if (!EVP_Digest(data, len, out, NULL, md, NULL))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not compute %s digest", name)));
+}
+
+/*
  * qes_sha256 writes the SHA-256 digest of data to out (32 bytes).
  */
 void
 qes_sha256(const void *data, size_t len, unsigned char *out)
 {
-	if (!EVP_Digest(data, len, out, NULL, EVP_sha256(), NULL))
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("could not compute SHA-256 digest")));
+	digest(EVP_sha256(), "SHA-256", data, len, out);
+}
+
+/*
+ * qes_md5 writes the MD5 digest of data to out (16 bytes): S3's
+ * Content-MD5, an integrity check, not a security one.
+ */
+void
+qes_md5(const void *data, size_t len, unsigned char *out)
+{
+	digest(EVP_md5(), "MD5", data, len, out);
 }
 
 /*

@@ -11,6 +11,7 @@
  */
 #include "qes_sign.h"
 
+#include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "postmaster/interrupt.h"
 #include "utils/memutils.h"
@@ -25,6 +26,7 @@ static int	in_flight = 0;
 static dlist_head running = DLIST_STATIC_INIT(running);
 
 static size_t on_data(char *ptr, size_t size, size_t nmemb, void *userdata);
+static size_t on_header(char *ptr, size_t size, size_t nmemb, void *userdata);
 static int	on_progress(void *clientp, curl_off_t dltotal, curl_off_t dlnow,
 						curl_off_t ultotal, curl_off_t ulnow);
 
@@ -83,6 +85,9 @@ qes_call_reset(QesCall *call)
 	call->resp = NULL;
 	call->resp_len = call->resp_cap = 0;
 	call->resp_too_big = false;
+	free(call->resp_headers);
+	call->resp_headers = NULL;
+	call->resp_headers_len = 0;
 	call->status = 0;
 	call->retry_after = 0;
 	call->result = CURLE_OK;
@@ -94,6 +99,7 @@ qes_call_free(QesCall *call)
 {
 	qes_http_release(call);
 	free(call->resp);
+	free(call->resp_headers);
 	MemoryContextDelete(call->cxt);
 }
 
@@ -112,34 +118,95 @@ qes_call_error(QesCall *call)
 }
 
 /*
- * set_request puts headers and body of a call on its easy handle.
+ * has_header tells whether SQL already gave a header of that name.
+ */
+static bool
+has_header(QesCall *call, const char *name)
+{
+	ListCell   *lc;
+	size_t		n = strlen(name);
+
+	foreach(lc, call->headers_in)
+		if (pg_strncasecmp(lfirst(lc), name, n) == 0 &&
+			((char *) lfirst(lc))[n] == ':')
+			return true;
+	return false;
+}
+
+/*
+ * add_header appends one formatted header line.
+ */
+static struct curl_slist *
+add_header(struct curl_slist *h, const char *fmt, const char *value)
+{
+	char	   *line = psprintf(fmt, value);
+
+	h = curl_slist_append(h, line);
+	pfree(line);
+	return h;
+}
+
+/*
+ * s3_headers signs an S3 call with SigV4 (libcurl) and adds the payload's
+ * digests: x-amz-content-sha256 (libcurl 7.88 would sign an empty-body
+ * hash), and for an upload Content-MD5, x-amz-checksum-sha256 and the
+ * SHA-256 as metadata, so the stored object can be checked later.
+ */
+static struct curl_slist *
+s3_headers(QesCall *call, struct curl_slist *h)
+{
+	unsigned char sha[QES_SHA256_LEN];
+	unsigned char md5[16];
+	char	   *hex = palloc(2 * QES_SHA256_LEN + 1);
+	char	   *sigv4 = psprintf("aws:amz:%s:s3", qes_s3_region);
+
+	curl_easy_setopt(call->easy, CURLOPT_AWS_SIGV4, sigv4);
+	curl_easy_setopt(call->easy, CURLOPT_USERNAME, qes_s3_access_key);
+	curl_easy_setopt(call->easy, CURLOPT_PASSWORD, qes_s3_secret_key);
+	pfree(sigv4);
+
+	qes_sha256(call->body ? call->body : "", call->body ? call->body_len : 0, sha);
+	hex_encode((char *) sha, QES_SHA256_LEN, hex);
+	hex[2 * QES_SHA256_LEN] = '\0';
+	h = add_header(h, "x-amz-content-sha256: %s", hex);
+	if (strcmp(call->method, "PUT") == 0)
+	{
+		qes_md5(call->body, call->body_len, md5);
+		h = add_header(h, "Content-MD5: %s", qes_base64(md5, 16, false));
+		h = add_header(h, "x-amz-checksum-sha256: %s", qes_base64(sha, QES_SHA256_LEN, false));
+		h = add_header(h, "x-amz-meta-sha256: %s", hex);
+	}
+	return h;
+}
+
+/*
+ * set_request puts headers and body of a call on its easy handle: SQL's
+ * headers first, then the defaults it did not give, each header once.
  */
 static void
 set_request(QesCall *call, const char *bearer)
 {
 	CURL	   *e = call->easy;
 	struct curl_slist *h = NULL;
+	ListCell   *lc;
 
-	h = curl_slist_append(h, "Accept: application/json");
+	foreach(lc, call->headers_in)
+		h = curl_slist_append(h, lfirst(lc));
+	if (!has_header(call, "Accept"))
+		h = curl_slist_append(h, "Accept: application/json");
+	if (call->content_type && !has_header(call, "Content-Type"))
+		h = add_header(h, "Content-Type: %s", call->content_type);
 	h = curl_slist_append(h, "Expect:");	/* no 100-continue round trip */
-	if (call->content_type)
-	{
-		char		ct[96];
-
-		snprintf(ct, sizeof(ct), "Content-Type: %s", call->content_type);
-		h = curl_slist_append(h, ct);
-	}
 	if (bearer)
-	{
-		char	   *auth = psprintf("Authorization: Bearer %s", bearer);
-
-		h = curl_slist_append(h, auth);
-		pfree(auth);
-	}
+		h = add_header(h, "Authorization: Bearer %s", bearer);
+	if (call->s3)
+		h = s3_headers(call, h);
 	call->headers = h;
 	curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
 
-	if (strcmp(call->method, "GET") != 0)
+	if (strcmp(call->method, "HEAD") == 0)
+		curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+	else if (strcmp(call->method, "GET") != 0)
 	{
 		/*
 		 * libcurl silently sends a request again when a reused connection
@@ -156,11 +223,10 @@ set_request(QesCall *call, const char *bearer)
 }
 
 /*
- * qes_http_start puts a call in flight.  On failure (no handle) the call is
- * left with an error and false is returned: the caller records it.
+ * prepare makes the easy handle of a call; false if libcurl has none.
  */
-bool
-qes_http_start(QesCall *call, const char *bearer)
+static bool
+prepare(QesCall *call, const char *bearer)
 {
 	CURL	   *e = curl_easy_init();
 
@@ -185,11 +251,88 @@ qes_http_start(QesCall *call, const char *bearer)
 	curl_easy_setopt(e, CURLOPT_USERAGENT, "qes_sign/1.0");
 	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_data);
 	curl_easy_setopt(e, CURLOPT_WRITEDATA, call);
+	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+	curl_easy_setopt(e, CURLOPT_HEADERDATA, call);
 	curl_easy_setopt(e, CURLOPT_NOPROGRESS, 0L);
 	curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, on_progress);
 	set_request(call, bearer);
+	return true;
+}
 
-	if (curl_multi_add_handle(multi, e) != CURLM_OK)
+/*
+ * finish_info reads status and Retry-After of a finished transfer and
+ * frees its handle.
+ */
+static void
+finish_info(QesCall *call, CURLcode result)
+{
+	call->result = result;
+	curl_easy_getinfo(call->easy, CURLINFO_RESPONSE_CODE, &call->status);
+	curl_easy_getinfo(call->easy, CURLINFO_RETRY_AFTER, &call->retry_after);
+	qes_http_release(call);
+}
+
+/*
+ * qes_http_perform runs one call to its end in the calling backend (a
+ * download): interruptible through the progress callback, bounded by the
+ * timeouts.  Interrupts are served once the handle is freed.
+ */
+void
+qes_http_perform(QesCall *call)
+{
+	static bool initialised = false;
+
+	if (!initialised && curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_SYSTEM_ERROR),
+				 errmsg("could not initialise libcurl")));
+	initialised = true;
+	if (!prepare(call, NULL))
+		return;
+	finish_info(call, curl_easy_perform(call->easy));
+	CHECK_FOR_INTERRUPTS();
+}
+
+/*
+ * qes_s3_url is the path-style URL of an object: endpoint, bucket, and the
+ * key's segments percent-encoded ('/' kept).
+ */
+char *
+qes_s3_url(const char *bucket, const char *key)
+{
+	StringInfoData url;
+	size_t		len = strlen(qes_s3_endpoint);
+	char	   *copy = pstrdup(key);
+	char	   *seg;
+	char	   *save = NULL;
+
+	while (len > 0 && qes_s3_endpoint[len - 1] == '/')
+		len--;
+	initStringInfo(&url);
+	appendBinaryStringInfo(&url, qes_s3_endpoint, len);
+	appendStringInfo(&url, "/%s", bucket);
+	for (seg = strtok_r(copy, "/", &save); seg; seg = strtok_r(NULL, "/", &save))
+	{
+		char	   *esc = curl_easy_escape(NULL, seg, 0);
+
+		if (esc == NULL)
+			ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
+		appendStringInfo(&url, "/%s", esc);
+		curl_free(esc);
+	}
+	return url.data;
+}
+
+/*
+ * qes_http_start puts a call in flight.  On failure (no handle) the call is
+ * left with an error and false is returned: the caller records it.
+ */
+bool
+qes_http_start(QesCall *call, const char *bearer)
+{
+	if (!prepare(call, bearer))
+		return false;
+	if (curl_multi_add_handle(multi, call->easy) != CURLM_OK)
 	{
 		qes_http_release(call);
 		call->result = CURLE_FAILED_INIT;
@@ -221,11 +364,7 @@ qes_http_wait(int timeout_ms, dlist_head *done)
 		if (msg->msg != CURLMSG_DONE)
 			continue;
 		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &call);
-		call->result = msg->data.result;
-		curl_easy_getinfo(call->easy, CURLINFO_RESPONSE_CODE, &call->status);
-		curl_easy_getinfo(call->easy, CURLINFO_RETRY_AFTER,
-						  &call->retry_after);
-		qes_http_release(call);
+		finish_info(call, msg->data.result);
 		dlist_delete(&call->node);
 		dlist_push_tail(done, &call->node);
 		in_flight--;
@@ -316,6 +455,29 @@ on_data(char *ptr, size_t size, size_t nmemb, void *userdata)
 }
 
 /*
+ * on_header keeps the answer's header lines (at most 64 kB) in a malloc'd
+ * buffer; SQL reads the ones it needs (an S3 HEAD's size and digest).
+ */
+static size_t
+on_header(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+	QesCall    *call = (QesCall *) userdata;
+	size_t		n = size * nmemb;
+	char	   *grown;
+
+	if (call->resp_headers_len + n + 1 > 65536)
+		return n;				/* enough of them: ignore the rest */
+	grown = realloc(call->resp_headers, call->resp_headers_len + n + 1);
+	if (grown == NULL)
+		return 0;
+	call->resp_headers = grown;
+	memcpy(grown + call->resp_headers_len, ptr, n);
+	call->resp_headers_len += n;
+	grown[call->resp_headers_len] = '\0';
+	return n;
+}
+
+/*
  * on_progress aborts transfers when the process must stop (SIGTERM, fast
  * shutdown, pg_terminate_backend): only flags are read here.
  */
@@ -323,5 +485,6 @@ static int
 on_progress(void *clientp, curl_off_t dltotal, curl_off_t dlnow,
 			curl_off_t ultotal, curl_off_t ulnow)
 {
-	return (ProcDiePending || ShutdownRequestPending) ? 1 : 0;
+	return (ProcDiePending || ShutdownRequestPending ||
+			(InterruptPending && QueryCancelPending)) ? 1 : 0;
 }

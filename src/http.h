@@ -11,6 +11,7 @@
 #include <curl/curl.h>
 
 #include "lib/ilist.h"
+#include "nodes/pg_list.h"
 
 /*
  * One HTTP call of the worker.  The request lives in the call's memory
@@ -24,12 +25,14 @@ typedef struct QesCall
 
 	/* what to send */
 	int64		item_id;		/* work item, or 0 for a login */
-	char	   *kind;			/* create, get, search, remind, ... */
+	char	   *kind;			/* create, get, search, remind, put, ... */
 	char	   *method;
 	char	   *url;
 	char	   *body;			/* NULL: none */
 	size_t		body_len;
 	const char *content_type;
+	List	   *headers_in;		/* extra "Name: value" lines from SQL */
+	bool		s3;				/* an S3 call: SigV4, digests of the body */
 	int			token_gen;		/* login generation of the token sent */
 	bool		auth_retried;
 
@@ -43,6 +46,8 @@ typedef struct QesCall
 	size_t		resp_len;
 	size_t		resp_cap;
 	bool		resp_too_big;
+	char	   *resp_headers;	/* raw header lines, malloc'd */
+	size_t		resp_headers_len;
 	char		errbuf[CURL_ERROR_SIZE];
 } QesCall;
 
@@ -50,6 +55,8 @@ typedef struct QesCall
 extern void qes_http_init(void);
 extern void qes_http_configure(void);
 extern bool qes_http_start(QesCall *call, const char *bearer);
+extern void qes_http_perform(QesCall *call);
+extern char *qes_s3_url(const char *bucket, const char *key);
 extern int	qes_http_wait(int timeout_ms, dlist_head *done);
 extern void qes_http_release(QesCall *call);
 extern void qes_http_shutdown(int code, Datum arg);

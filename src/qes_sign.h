@@ -28,6 +28,11 @@ extern int	qes_max_host_connections;
 extern int	qes_http_timeout;
 extern int	qes_http_connect_timeout;
 extern int	qes_worker_restart_delay;
+extern char *qes_s3_endpoint;
+extern char *qes_s3_region;
+extern char *qes_s3_bucket;
+extern char *qes_s3_access_key;
+extern char *qes_s3_secret_key;
 extern char *qes_callback_base_url;
 extern char *qes_callback_secret;
 extern char *qes_webhook_secrets;
@@ -36,6 +41,7 @@ extern int	qes_webhook_tolerance;
 
 /* crypto.c: thin wrappers over OpenSSL */
 extern void qes_sha256(const void *data, size_t len, unsigned char *out);
+extern void qes_md5(const void *data, size_t len, unsigned char *out);
 extern void qes_hmac_sha256(const void *key, size_t keylen,
 							const void *data, size_t len, unsigned char *out);
 extern bool qes_equal_ct(const void *a, const void *b, size_t len);

@@ -26,6 +26,8 @@
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
+#include "utils/array.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/varlena.h"
@@ -49,6 +51,7 @@ typedef struct WorkerState
 	TimestampTz next_claim;
 	bool		claim_now;		/* woken by a commit: new work may be there */
 	bool		attached;		/* extension found, leases taken back */
+	bool		reloaded;		/* configuration reloaded since the last step */
 } WorkerState;
 
 /* what the loop allocates outside transactions; reset every round */
@@ -169,9 +172,9 @@ record_one(QesCall *call)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
-	Oid			types[6] = {INT8OID, TEXTOID, INT4OID, BYTEAOID, INT4OID, TEXTOID};
-	Datum		values[6];
-	char		nulls[6];
+	Oid			types[7] = {INT8OID, TEXTOID, INT4OID, BYTEAOID, INT4OID, TEXTOID, TEXTOID};
+	Datum		values[7];
+	char		nulls[7];
 	const char *err = qes_call_error(call);
 	bytea	   *body = palloc(VARHDRSZ + call->resp_len);
 
@@ -187,14 +190,15 @@ record_one(QesCall *call)
 	values[5] = err ? CStringGetTextDatum(err) : (Datum) 0;
 	if (err == NULL)
 		nulls[5] = 'n';
+	values[6] = CStringGetTextDatum(call->resp_headers ? call->resp_headers : "");
 
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
 		SPIPlanPtr	plan = qes_keep_plan(&record_plan,
-										 "SELECT qes_sign._record_result($1, $2, $3, $4, $5, $6)",
-										 6, types);
+										 "SELECT qes_sign._record_result($1, $2, $3, $4, $5, $6, $7)",
+										 7, types);
 		bool		isnull;
 		char	   *outcome;
 
@@ -231,6 +235,57 @@ record_one(QesCall *call)
 }
 
 /*
+ * call_from_row turns one row of qes_sign._claim into a call, in its own
+ * context under the worker's calls context (it outlives the transaction).
+ */
+static QesCall *
+call_from_row(WorkerState *st, HeapTuple tup, TupleDesc desc)
+{
+	bool		isnull;
+	QesCall    *call = qes_call_new(st->calls_cxt, SPI_getvalue(tup, desc, 2),
+									SPI_getvalue(tup, desc, 4), "");
+	MemoryContext old = MemoryContextSwitchTo(call->cxt);
+	Datum		body = SPI_getbinval(tup, desc, 6, &isnull);
+	Datum		data;
+	Datum		headers;
+
+	call->item_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+	call->s3 = strcmp(SPI_getvalue(tup, desc, 3), "s3") == 0;
+	call->url = call->s3 ? qes_s3_url(qes_s3_bucket, SPI_getvalue(tup, desc, 5)) :
+		qes_api_url(SPI_getvalue(tup, desc, 5));
+	if (!isnull)
+	{
+		call->body = TextDatumGetCString(body);
+		call->body_len = strlen(call->body);
+		call->content_type = "application/json";
+	}
+	data = SPI_getbinval(tup, desc, 7, &isnull);
+	if (!isnull)
+	{
+		bytea	   *b = DatumGetByteaPP(data);
+
+		call->body = palloc(VARSIZE_ANY_EXHDR(b) + 1);
+		memcpy(call->body, VARDATA_ANY(b), VARSIZE_ANY_EXHDR(b));
+		call->body_len = VARSIZE_ANY_EXHDR(b);
+	}
+	headers = SPI_getbinval(tup, desc, 8, &isnull);
+	if (!isnull)
+	{
+		Datum	   *elems;
+		bool	   *enulls;
+		int			n;
+
+		deconstruct_array(DatumGetArrayTypeP(headers), TEXTOID, -1, false,
+						  TYPALIGN_INT, &elems, &enulls, &n);
+		for (int i = 0; i < n; i++)
+			if (!enulls[i])
+				call->headers_in = lappend(call->headers_in, TextDatumGetCString(elems[i]));
+	}
+	MemoryContextSwitchTo(old);
+	return call;
+}
+
+/*
  * claim takes up to n due work items and turns them into calls (in the
  * worker's calls context, so they outlive the transaction).
  */
@@ -240,37 +295,16 @@ claim(WorkerState *st, int n, dlist_head *claimed)
 	Oid			types[1] = {INT4OID};
 	Datum		values[1] = {Int32GetDatum(n)};
 	SPIPlanPtr	plan = qes_keep_plan(&claim_plan,
-									 "SELECT item_id, kind, method, path, body FROM qes_sign._claim($1)",
-									 1, types);
+									 "SELECT item_id, kind, target, method, path, body, data, headers "
+									 "FROM qes_sign._claim($1)", 1, types);
 	uint64		rows;
 
 	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "qes_sign._claim failed");
 	rows = SPI_processed;
 	for (uint64 i = 0; i < rows; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		QesCall    *call;
-		MemoryContext old;
-		Datum		body;
-
-		call = qes_call_new(st->calls_cxt, SPI_getvalue(tup, desc, 2),
-							SPI_getvalue(tup, desc, 3), "");
-		old = MemoryContextSwitchTo(call->cxt);
-		call->item_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-		call->url = qes_api_url(SPI_getvalue(tup, desc, 4));
-		body = SPI_getbinval(tup, desc, 5, &isnull);
-		if (!isnull)
-		{
-			call->body = TextDatumGetCString(body);
-			call->body_len = strlen(call->body);
-			call->content_type = "application/json";
-		}
-		MemoryContextSwitchTo(old);
-		dlist_push_tail(claimed, &call->node);
-	}
+		dlist_push_tail(claimed, &call_from_row(st, SPI_tuptable->vals[i],
+												SPI_tuptable->tupdesc)->node);
 	return (int) rows;
 }
 
@@ -342,9 +376,15 @@ step(WorkerState *st, dlist_head *done)
 	dlist_mutable_iter it;
 
 	dlist_init(&claimed);
-	if (dlist_is_empty(done) && !tick && !want)
+	if (dlist_is_empty(done) && !tick && !want && !st->reloaded)
 		return;
 	begin_xact();
+	if (st->reloaded)
+	{
+		SPI_execute("SELECT qes_sign._config_reloaded()", false, 0);
+		st->reloaded = false;
+		want = qes_skribble_have_token() && room > 0;
+	}
 	dlist_foreach_modify(it, done)
 	{
 		QesCall    *call = dlist_container(QesCall, node, it.cur);
@@ -471,6 +511,7 @@ wait_for_work(WorkerState *st, dlist_head *done)
 		ConfigReloadPending = false;
 		ProcessConfigFile(PGC_SIGHUP);
 		qes_http_configure();
+		st->reloaded = true;	/* a fixed key may cure failed work: retry now */
 	}
 }
 
