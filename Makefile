@@ -37,3 +37,6 @@ include $(PGXS)
 # used by test/run-all.sh, which runs the suites as an unprivileged user
 print-%:
 	@echo '$($*)'
+
+# every object depends on the shared headers (PGXS does not track them)
+$(OBJS): src/qes_sign.h src/http.h

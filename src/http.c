@@ -196,11 +196,16 @@ set_request(QesCall *call, const char *bearer)
 		h = curl_slist_append(h, "Accept: application/json");
 	if (call->content_type && !has_header(call, "Content-Type"))
 		h = add_header(h, "Content-Type: %s", call->content_type);
-	h = curl_slist_append(h, "Expect:");	/* no 100-continue round trip */
-	if (bearer)
-		h = add_header(h, "Authorization: Bearer %s", bearer);
+	/*
+	 * No 100-continue round trip to Skribble.  Not for S3: libcurl would sign
+	 * the empty header it never sends, and S3 answers 100-continue anyway.
+	 */
+	if (!call->s3)
+		h = curl_slist_append(h, "Expect:");
 	if (call->s3)
-		h = s3_headers(call, h);
+		h = s3_headers(call, h);	/* libcurl adds the SigV4 Authorization */
+	else if (bearer)
+		h = add_header(h, "Authorization: Bearer %s", bearer);
 	call->headers = h;
 	curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
 

@@ -245,7 +245,7 @@ call_from_row(WorkerState *st, HeapTuple tup, TupleDesc desc)
 	QesCall    *call = qes_call_new(st->calls_cxt, SPI_getvalue(tup, desc, 2),
 									SPI_getvalue(tup, desc, 4), "");
 	MemoryContext old = MemoryContextSwitchTo(call->cxt);
-	Datum		body = SPI_getbinval(tup, desc, 6, &isnull);
+	Datum		body;
 	Datum		data;
 	Datum		headers;
 
@@ -253,6 +253,7 @@ call_from_row(WorkerState *st, HeapTuple tup, TupleDesc desc)
 	call->s3 = strcmp(SPI_getvalue(tup, desc, 3), "s3") == 0;
 	call->url = call->s3 ? qes_s3_url(qes_s3_bucket, SPI_getvalue(tup, desc, 5)) :
 		qes_api_url(SPI_getvalue(tup, desc, 5));
+	body = SPI_getbinval(tup, desc, 6, &isnull);
 	if (!isnull)
 	{
 		call->body = TextDatumGetCString(body);
@@ -495,7 +496,9 @@ wait_for_work(WorkerState *st, dlist_head *done)
 	}
 	else
 	{
-		TimestampTz until = Min(st->next_tick, st->next_claim);
+		/* without a token nothing can be claimed before the next login */
+		TimestampTz until = Min(st->next_tick, qes_skribble_have_token() ?
+								st->next_claim : st->next_login);
 		long		ms = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), until);
 		int			rc;
 
