@@ -2,26 +2,33 @@
 'use strict';
 /*
  * demo/demo.js: the article's lease, signed by two tenants and the manager
- * in 38 minutes, through the real background worker.  Started by
- * demo/run.sh, which has a temporary cluster with qes_sign preloaded, the
- * Skribble test double (its clock at Thursday, 19 March 2026, 09:15) and
- * the callback relay running, and passes them in the environment:
+ * in 38 minutes, through the real background worker, then archived to S3.
+ * Started by demo/run.sh, which has a temporary cluster with qes_sign
+ * preloaded, the Skribble test double (its clock at Thursday, 19 March 2026,
+ * 09:15), the callback relay and the local S3 server (bucket archive)
+ * running, and passes them in the environment:
  *   PGHOST, PGPORT, PGDATABASE   the cluster (as superuser postgres)
  *   DEMO_DOUBLE                  http://127.0.0.1:<port> of the double
+ *   DEMO_S3                      http://127.0.0.1:<port> of the S3 server
  *   DEMO_PDF                     the merged lease (demo/make_lease_pdf.js)
  *
  * The portal (role hv_portal, tenant hv-eppendorf) creates the request and
  * listens on channel qes_sign; this script plays the three signers through
- * the double's /_control API and prints, step by step, what the portal sees.
- * Exits 1 with the worker's queue when something does not happen in time.
+ * the double's /_control API and prints, step by step, what the portal sees:
+ * vollstaendig, then archiviert (four objects in the bucket, the retention
+ * date), then a verified download of the signed PDF.  Exits 0 only at
+ * archiviert with an intact audit chain and a verified download; exits 1
+ * with the worker's queue when something does not happen in time.
  */
 
+const crypto = require('node:crypto');
 const fs = require('node:fs');
 const http = require('node:http');
 const path = require('node:path');
 const { Client } = require(require.resolve('pg', { paths: [path.join(__dirname, '..', 'test')] }));
 
 const DOUBLE = process.env.DEMO_DOUBLE;
+const S3 = process.env.DEMO_S3;
 const TIMEOUT_MS = Number(process.env.DEMO_TIMEOUT_MS || 20000);
 const TENANT = 'hv-eppendorf';
 const SIGNERS = [
@@ -50,17 +57,17 @@ function table(rows, cols = rows.length ? Object.keys(rows[0]) : []) {
 }
 
 /* control calls the double's /_control API; resolves the parsed JSON answer. */
-function control(method, p, body) {
+function control(method, p, body, base = DOUBLE, name = 'Skribble-Double') {
   return new Promise((resolve, reject) => {
     const data = body === undefined ? '' : JSON.stringify(body);
-    const req = http.request(`${DOUBLE}/_control${p}`, {
+    const req = http.request(`${base}/_control${p}`, {
       method, headers: { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(data) },
     }, (res) => {
       let text = '';
       res.setEncoding('utf8');
       res.on('data', (c) => { text += c; });
       res.on('end', () => (res.statusCode === 200 ? resolve(JSON.parse(text))
-        : reject(new Error(`Skribble-Double ${method} /_control${p}: HTTP ${res.statusCode} ${text}`))));
+        : reject(new Error(`${name} ${method} /_control${p}: HTTP ${res.statusCode} ${text}`))));
     });
     req.on('error', reject);
     req.end(data);
@@ -92,12 +99,17 @@ let lastNoteAt = 0;
 let requestId = null;
 let skribbleId = null;
 
-/* notifications prints the NOTIFY payloads received since the last call, once none came for 300 ms (at most 2 s). */
-async function notifications() {
+/* s3stats asks the S3 server what it answered: {"METHOD status": count}. */
+const s3stats = async () => (await control('GET', '/stats', undefined, S3, 'S3-Server')).requests;
+
+/* notifications prints the NOTIFY payloads received since the last call, once none came for 300 ms (at most 2 s);
+ * with upTo only those up to and including the first of that event, the rest stay for the next call. */
+async function notifications(upTo) {
   const t0 = Date.now();
   await sleep(150);
   while (Date.now() - lastNoteAt < 300 && Date.now() - t0 < 2000) await sleep(50);
-  for (const n of notes.splice(0)) say(`  NOTIFY qes_sign  ${n}`);
+  const i = upTo ? notes.findIndex((n) => JSON.parse(n).event === upTo) : -1;
+  for (const n of notes.splice(0, i < 0 ? notes.length : i + 1)) say(`  NOTIFY qes_sign  ${n}`);
 }
 
 async function overview() {
@@ -107,12 +119,13 @@ async function overview() {
   return rows[0];
 }
 
-/* portalSees prints the request's line in the cockpit and, unless told not to, the NOTIFY payloads so far. */
-async function portalSees(ms, withNotifications = true) {
+/* portalSees prints the request's line in the cockpit and, unless told not to, the NOTIFY payloads so far
+ * (up to the event upTo, see notifications). */
+async function portalSees(ms, withNotifications = true, upTo = undefined) {
   const o = await overview();
   say(`  Portal (qes_sign.overview): Status ${o.status}, ${o.signers_signed}/${o.signers_total} signiert` +
       (ms === undefined ? '' : `   [${ms} ms nach der Aktion bei Skribble]`));
-  if (withNotifications) await notifications();
+  if (withNotifications) await notifications(upTo);
 }
 
 async function signerStatus(email) {
@@ -129,7 +142,7 @@ async function skribbleAt(iso) {
 }
 
 /* act makes a signer view or sign at Skribble, then waits until the worker has brought it into the database. */
-async function act(iso, signer, action, headline, done) {
+async function act(iso, signer, action, headline, done, upTo = undefined) {
   const at = await skribbleAt(iso);
   const before = await control('GET', '/stats');
   say();
@@ -145,7 +158,7 @@ async function act(iso, signer, action, headline, done) {
     say(`  Skribble: das Token des Workers war abgelaufen (20 Minuten nach dem Login, auf Skribbles Uhr); ` +
         `er hat sich neu angemeldet (${after.logins - before.logins} Login${after.logins - before.logins > 1 ? 's' : ''})`);
   }
-  await portalSees(r.ms);
+  await portalSees(r.ms, true, upTo);
 }
 
 
@@ -221,12 +234,66 @@ async function main() {
     async () => (await signerStatus(jonas.email)) === 'signed');
   await act('2026-03-19T08:51:58.310Z', petra, 'view', 'die Verwalterin öffnet den Vertrag',
     async () => (await signerStatus(petra.email)) === 'viewed');
+  /* the worker starts archiving as soon as vollstaendig commits: archiviert may already be there */
   await act('2026-03-19T08:52:44.621Z', petra, 'sign', 'die Verwalterin signiert selbst: alle drei Signaturen liegen vor',
-    async () => (await overview()).status === 'vollstaendig');
+    async () => ['vollstaendig', 'archiviert'].includes((await overview()).status), 'status_vollstaendig');
 
   const cbs = (await control('GET', '/callbacks')).filter((c) => c.signature_request_id === skribbleId);
   say(`  Skribble: ${cbs.length} Callbacks (${cbs.map((c) => c.type.toLowerCase()).join(', ')}), ` +
       `alle ${cbs.every((c) => c.state === 'COMPLETED') ? 'zugestellt' : 'NICHT zugestellt'}`);
+
+  /* archiving: the worker fetches the signed PDF and the protocol from Skribble, writes the record,
+     uploads all four to the bucket and verifies each with HEAD; then archiviert in one transaction */
+  await until('Der Worker archiviert die Anfrage (Status archiviert)',
+    async () => (await overview()).status === 'archiviert');
+  const { rows: [arc] } = await admin.query(
+    `SELECT round(extract(epoch FROM a.archived_at - v.at) * 1000)::int AS ms
+       FROM qes_sign.signatur_anfragen a,
+            LATERAL (SELECT at FROM qes_sign.timeline(a.id) WHERE event = 'status_vollstaendig') v
+      WHERE a.id = $1`, [requestId]);
+  const s3 = await s3stats();
+  say();
+  say(`== gleich danach: der Worker archiviert den Vertrag im S3-Bucket archive   [${arc.ms} ms nach vollstaendig]`);
+  say('  Skribble: signiertes PDF, Signaturprotokoll (PDF und JSON) abgeholt; dazu record.json (Anfrage, Signierende, Audit)');
+  say(`  S3: ${Object.entries(s3).sort().map(([k, n]) => `${n}× ${k}`).join(', ')} ` +
+      '(SigV4, Content-MD5 und x-amz-checksum-sha256 je PUT, HEAD prüft Größe und x-amz-meta-sha256)');
+  await portalSees();
+
+  say();
+  say('== Archiv (qes_sign.archive_objects)');
+  const { rows: objs } = await portal.query(
+    `SELECT kind, key, size, left(encode(sha256, 'hex'), 16) || '…' AS sha256,
+            to_char(verified_at, 'HH24:MI:SS.MS') AS verified_at
+       FROM qes_sign.archive_objects WHERE request_id = $1 ORDER BY kind`, [requestId]);
+  table(objs);
+  const { rows: [ret] } = await portal.query(
+    `SELECT to_char(a.retention_until, 'YYYY-MM-DD') AS until, to_char(a.retention_until, 'DD.MM.YYYY') AS bis,
+            to_char(a.completed_at, 'DD.MM.YYYY') AS completed, t.bezeichnung, t.retention_years, t.retention_basis
+       FROM qes_sign.signatur_anfragen a JOIN qes_sign.vorgangstypen t USING (vorgangstyp)
+      WHERE a.id = $1`, [requestId]);
+  say(`  Aufbewahrung bis ${ret.bis} (retention_until ${ret.until}): ${ret.bezeichnung}, ${ret.retention_years} Jahre ` +
+      `nach Ende des Jahres der letzten Signatur (${ret.completed})`);
+  say(`  Rechtsgrundlage (qes_sign.vorgangstypen.retention_basis): ${ret.retention_basis}`);
+  say('  qes_sign.purge(id) löscht erst danach, und nur ein Operator');
+
+  say();
+  say(`== das Portal lädt den signierten Vertrag herunter (Rolle hv_portal, qes_sign.verwaltung = '${TENANT}')`);
+  const { rows: [dl] } = await portal.query('SELECT qes_sign.download($1) AS pdf', [requestId]);
+  const pdfOut = dl.pdf;
+  const dlSha = crypto.createHash('sha256').update(pdfOut).digest('hex');
+  const recorded = objs.find((x) => x.kind === 'signed_pdf');
+  const { rows: [rec] } = await portal.query(
+    `SELECT encode(o.sha256, 'hex') AS sha256, o.size, encode(a.document_sha256, 'hex') AS original
+       FROM qes_sign.archive_objects o JOIN qes_sign.signatur_anfragen a ON a.id = o.request_id
+      WHERE o.request_id = $1 AND o.kind = 'signed_pdf'`, [requestId]);
+  const isPdf = pdfOut.subarray(0, 5).toString('latin1') === '%PDF-';
+  const downloadOk = dlSha === rec.sha256 && pdfOut.length === Number(rec.size) && isPdf;
+  say(`  SELECT qes_sign.download(id): ${pdfOut.length} Bytes, SHA-256 ${dlSha}`);
+  say(`  ${dlSha === rec.sha256 ? '=' : '≠'} archive_objects.sha256 (${recorded.key}); ` +
+      `beginnt mit ${isPdf ? '%PDF-' : JSON.stringify(pdfOut.subarray(0, 5).toString('latin1'))}` +
+      (rec.original !== dlSha ? '; das von Skribble signierte Dokument, nicht das hochgeladene Original' : ''));
+  say('  (download liest das Objekt aus dem Bucket, vergleicht es mit dem SHA-256 des Archiv-Eintrags und protokolliert den Abruf)');
+  await notifications();
 
   say();
   say('== Timeline (qes_sign.timeline, append-only, hash-verkettet)');
@@ -234,7 +301,10 @@ async function main() {
   const { rows: tl } = await portal.query(
     `SELECT seq, to_char(at, 'HH24:MI:SS') AS erfasst,
             to_char((detail ->> 'at')::timestamptz, 'HH24:MI:SS') AS bei_skribble, event, actor,
-            concat_ws(' → ', coalesce(detail ->> 'signer', detail ->> 'from', detail ->> 'skribble_id'),
+            concat_ws(' → ', coalesce(detail ->> 'signer', detail ->> 'from', detail ->> 'skribble_id',
+                                      detail ->> 'kind',
+                                      CASE WHEN event = 'archived' THEN jsonb_array_length(detail -> 'objects')
+                                           || ' Objekte, bis ' || (detail ->> 'retention_until') END),
                       detail ->> 'to') AS detail
        FROM qes_sign.timeline($1)`, [requestId]);
   table(tl);
@@ -251,14 +321,21 @@ async function main() {
   say();
   say('== Cockpit (qes_sign.overview)');
   say(`  gesendet ${berlin(o.sent_at)}, letzte Signatur ${berlin(o.completed_at)}, ${o.signers_signed}/${o.signers_total} signiert, Status ${o.status}`);
-  say(`  Vertrag vollständig signiert, ${m.minutes} Minuten Bearbeitungszeit`);
+  say(`  Vertrag vollständig signiert, ${m.minutes} Minuten Bearbeitungszeit; archiviert (${objs.length} Objekte), aufzubewahren bis ${ret.bis}`);
   const { rows: items } = await admin.query(
     'SELECT kind, state FROM qes_sign.work_items WHERE request_id = $1 ORDER BY id', [requestId]);
   say(`  Arbeitsaufträge des Workers: ${items.map((i) => `${i.kind} ${i.state}`).join(', ')}`);
-  say('  Die Archivierung (signiertes PDF und Protokoll in den S3-Bucket, dann archiviert) folgt in einem späteren Issue; der Auftrag archive bleibt pending.');
-  if (o.status !== 'vollstaendig' || m.minutes !== 38 || !chain[0].audit_chain_ok) {
-    throw new DemoFailure(`unerwartetes Ende: Status ${o.status}, ${m.minutes} Minuten, Audit-Kette ${chain[0].audit_chain_ok}`);
+  const tail = tl.slice(-3).map((e) => e.event).join(',');
+  const problems = [];
+  if (o.status !== 'archiviert') problems.push(`Status ${o.status}`);
+  if (m.minutes !== 38) problems.push(`${m.minutes} Minuten`);
+  if (!chain[0].audit_chain_ok) problems.push('Audit-Kette gebrochen');
+  if (objs.length !== 4 || objs.some((x) => !x.verified_at)) problems.push(`${objs.length} Archivobjekte`);
+  if (!downloadOk) problems.push('Download nicht verifiziert');
+  if (tail !== 'archived,status_archiviert,downloaded' || tl[tl.length - 1].actor !== 'hv_portal') {
+    problems.push(`Timeline endet mit ${tl.slice(-3).map((e) => `${e.event} (${e.actor})`).join(', ')}`);
   }
+  if (problems.length) throw new DemoFailure(`unerwartetes Ende: ${problems.join('; ')}`);
 }
 
 /* diagnose prints what the worker has queued, for a run that got stuck. */
@@ -281,6 +358,7 @@ async function diagnose() {
     say('Hintergrundprozesse (pg_stat_activity):');
     table(a);
     say(`Skribble-Double: ${JSON.stringify(await control('GET', '/stats'))}`);
+    say(`S3-Server: ${JSON.stringify(await s3stats())}`);
   } catch (e) {
     say(`(Diagnose unvollständig: ${e.message})`);
   }

@@ -3,9 +3,12 @@
 # Installs and builds what is missing (test/setup.sh), then starts, in a
 # temporary directory: the Skribble test double with its clock at Thursday,
 # 19 March 2026, 09:15 (Berlin); the callback relay (the portal's endpoint);
-# a PostgreSQL cluster with qes_sign preloaded and its worker pointed at
-# both.  demo/demo.js plays the portal and the three signers and prints what
-# the portal sees.  Every process and the directory are removed on exit.
+# the local S3 server (test/s3/server.js, s3rver checking SigV4) with the
+# archive bucket; a PostgreSQL cluster with qes_sign preloaded and its worker
+# pointed at all three.  demo/demo.js plays the portal and the three signers,
+# prints what the portal sees up to the archived, downloaded contract, and
+# exits 0 only at archiviert with an intact audit chain and a verified
+# download.  Every process and the directory are removed on exit.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
@@ -35,7 +38,7 @@ trap 'exit 130' INT TERM
 
 # logs prints the tail of every log, for a run that failed
 logs() {
-    for f in server.log double.log relay.log; do
+    for f in server.log double.log relay.log s3.log; do
         [ -s "$work/$f" ] || continue
         echo "--- $f (last 30 lines)" >&2
         tail -n 30 "$work/$f" >&2
@@ -68,6 +71,12 @@ pg_port=$(node -e 'const s = require("net").createServer().listen(0, "127.0.0.1"
 start relay node "$repo/test/relay/relay.js" --port 0 --verbose \
     --db "host=127.0.0.1 port=$pg_port dbname=postgres user=hv_portal"
 relay_port=$port
+s3_access_key=qes-demo-access
+s3_secret_key=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+mkdir "$work/s3"
+start s3 node "$repo/test/s3/server.js" --port 0 --dir "$work/s3" --bucket archive \
+    --access-key "$s3_access_key" --secret-key "$s3_secret_key" --verbose
+s3_port=$port
 
 pg initdb -D "$work/data" -U postgres -A trust -E UTF8 --locale=C.UTF-8 --no-sync >/dev/null
 cat >> "$work/data/postgresql.conf" <<CONF
@@ -81,6 +90,10 @@ qes_sign.skribble_username = 'api_demo_qes_sign'
 qes_sign.skribble_api_key = 'test-key'
 qes_sign.callback_base_url = 'http://127.0.0.1:$relay_port/qes/callback'
 qes_sign.callback_secret = '$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')'
+qes_sign.s3_endpoint = 'http://127.0.0.1:$s3_port'
+qes_sign.s3_bucket = 'archive'
+qes_sign.s3_access_key = '$s3_access_key'
+qes_sign.s3_secret_key = '$s3_secret_key'
 CONF
 pg pg_ctl -D "$work/data" -l "$work/server.log" -w start >/dev/null
 node "$here/make_lease_pdf.js" > "$work/lease.pdf"
@@ -89,9 +102,9 @@ export PGHOST=$work PGPORT=$pg_port PGDATABASE=postgres
 psql -X -q -v ON_ERROR_STOP=1 -U postgres \
      -c "CREATE EXTENSION qes_sign" \
      -c "CREATE ROLE hv_portal LOGIN IN ROLE qes_sign_app"
-echo "demo: PostgreSQL on port $pg_port, Skribble-Double on $double_port (Uhr 2026-03-19 09:15 MEZ), Relay on $relay_port"
+echo "demo: PostgreSQL on port $pg_port, Skribble-Double on $double_port (Uhr 2026-03-19 09:15 MEZ), Relay on $relay_port, S3 on $s3_port (Bucket archive)"
 
-if ! DEMO_DOUBLE="http://127.0.0.1:$double_port" DEMO_PDF="$work/lease.pdf" node "$here/demo.js"; then
+if ! DEMO_DOUBLE="http://127.0.0.1:$double_port" DEMO_S3="http://127.0.0.1:$s3_port" DEMO_PDF="$work/lease.pdf" node "$here/demo.js"; then
     logs
     exit 1
 fi

@@ -18,6 +18,7 @@
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -190,7 +191,10 @@ record_one(QesCall *call)
 	values[5] = err ? CStringGetTextDatum(err) : (Datum) 0;
 	if (err == NULL)
 		nulls[5] = 'n';
-	values[6] = CStringGetTextDatum(call->resp_headers ? call->resp_headers : "");
+	/* header lines are text only if they are valid in the database encoding */
+	values[6] = CStringGetTextDatum(call->resp_headers &&
+									pg_verifymbstr(call->resp_headers, call->resp_headers_len, true) ?
+									call->resp_headers : "");
 
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(cxt);
