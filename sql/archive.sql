@@ -113,3 +113,7 @@ SET qes_sign.test_clock = '2037-01-01 00:00+01';
 SELECT regexp_replace(regress.try($$SELECT qes_sign.purge(regress.uuid(401))$$), '/2026/[^ ]*', '/2026/…');
 RESET qes_sign.test_clock;
 SELECT status, title, purged_at FROM qes_sign.signatur_anfragen WHERE id = regress.uuid(401);
+
+-- the tenant is the first segment of the archive keys: no path tricks
+SELECT v, regress.try(format($$SELECT qes_sign.create_request(%L, 't', regress.pdf(), regress.signers())$$, v))
+  FROM unnest(ARRAY['..', '.', 'hv-a/../hv-b', E'hv\tb']) v;

@@ -569,6 +569,11 @@ BEGIN
     IF verwaltung IS NULL OR btrim(verwaltung) = '' THEN
         PERFORM _invalid('verwaltung', 'must be a non-empty string', p_code => '22004');
     END IF;
+    IF verwaltung ~ '[/[:cntrl:]]' OR verwaltung IN ('.', '..') THEN
+        -- it is the first segment of the request's archive keys
+        PERFORM _invalid('verwaltung', 'must not contain "/" or control characters, nor be "." or ".."',
+                         format('The value is %s.', to_jsonb(verwaltung)));
+    END IF;
     PERFORM _check_tenant(verwaltung);
     IF title IS NULL OR btrim(title) = '' THEN
         PERFORM _invalid('title', 'must be a non-empty string', p_code => '22004');
@@ -1246,8 +1251,10 @@ BEGIN
     WHEN 'put' THEN
         UPDATE archive_staging SET stored_at = clock() WHERE request_id = r.id AND kind = obj;
     WHEN 'head' THEN
+        -- size and digest as stored; a single-part ETag is the MD5 of the bytes
         IF _header(headers, 'content-length') IS DISTINCT FROM length(g.content)::text
-           OR _header(headers, 'x-amz-meta-sha256') IS DISTINCT FROM encode(g.sha256, 'hex') THEN
+           OR _header(headers, 'x-amz-meta-sha256') IS DISTINCT FROM encode(g.sha256, 'hex')
+           OR btrim(_header(headers, 'etag'), '"') !~ '-' AND btrim(_header(headers, 'etag'), '"') <> md5(g.content) THEN
             -- never accepted: upload it again
             UPDATE archive_staging SET stored_at = NULL WHERE request_id = r.id AND kind = obj;
             RETURN _retry(w, format('archive object %s does not match after upload (size %s, sha256 %s)',
@@ -1593,14 +1600,11 @@ CREATE FUNCTION _retry(w work_items, failure text, call_kind text DEFAULT NULL, 
                        retry_after int DEFAULT 0) RETURNS text
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF w.failures + 1 >= current_setting('qes_sign.retry_max_attempts')::int THEN
-        IF w.kind = 'archive' THEN
-            -- the request stays vollstaendig; operators see why
-            PERFORM _finish(w.id, 'failed', format('gave up after %s failed attempts (last: %s)',
-                                                  w.failures + 1, failure));
-            PERFORM _emit(w.request_id, 'archive_failed', jsonb_build_object('reason', failure));
-            RETURN 'failed';
-        END IF;
+    IF w.kind = 'archive' AND w.failures + 1 = current_setting('qes_sign.retry_max_attempts')::int THEN
+        -- a signed contract is never given up: tell the auditors, keep trying
+        PERFORM _emit(w.request_id, 'archive_failing', jsonb_build_object(
+            'reason', failure, 'failures', w.failures + 1));
+    ELSIF w.kind <> 'archive' AND w.failures + 1 >= current_setting('qes_sign.retry_max_attempts')::int THEN
         RETURN _record_final(w, call_kind, http_status,
                              format('gave up after %s failed attempts (last: %s)', w.failures + 1, failure),
                              NULL, true);

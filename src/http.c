@@ -161,6 +161,8 @@ s3_headers(QesCall *call, struct curl_slist *h)
 	char	   *sigv4 = psprintf("aws:amz:%s:s3", qes_s3_region);
 
 	curl_easy_setopt(call->easy, CURLOPT_AWS_SIGV4, sigv4);
+	/* the key as recorded: no removal of dot segments */
+	curl_easy_setopt(call->easy, CURLOPT_PATH_AS_IS, 1L);
 	curl_easy_setopt(call->easy, CURLOPT_USERNAME, qes_s3_access_key);
 	curl_easy_setopt(call->easy, CURLOPT_PASSWORD, qes_s3_secret_key);
 	pfree(sigv4);

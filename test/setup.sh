@@ -6,7 +6,8 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 
 packages=(postgresql-15 postgresql-contrib postgresql-server-dev-15 libcurl4-openssl-dev
-          libssl-dev perl libipc-run-perl make gcc nodejs npm)
+          libssl-dev perl libipc-run-perl make gcc nodejs npm
+          python3-boto3)   # test/s3/check.py, the archive tests' independent S3 client
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -22,7 +23,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# Node packages of the tests (the callback relay's PostgreSQL client), once per lock file
+# Node packages of the tests (the callback relay's PostgreSQL client, the S3
+# server s3rver), once per lock file
 if [ ! "$repo/test/node_modules/.package-lock.json" -nt "$repo/test/package-lock.json" ]; then
     (cd "$repo/test" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
     echo "setup: npm packages of test/ installed"

@@ -1,7 +1,8 @@
 # test/perl/QesTest.pm: shared helpers of qes_sign's TAP tests (test/t/*.pl).
 #
-# Starts the Skribble double (test/skribble_double/server.js) and the
-# callback relay (test/relay/relay.js) as child processes, creates
+# Starts the Skribble double (test/skribble_double/server.js), the
+# callback relay (test/relay/relay.js) and the S3 server of the archive
+# (test/s3/server.js) as child processes, creates
 # PostgreSQL::Test::Cluster nodes configured for the background worker, and
 # offers the steps the tests repeat: create requests, sign them at the
 # double, wait for a SQL condition, read the double's statistics.  Every
@@ -14,6 +15,8 @@ use Exporter 'import';
 use File::Basename qw(basename dirname);
 use Cwd qw(abs_path);
 use HTTP::Tiny;
+use IPC::Run;
+use File::Path ();
 use JSON::PP;
 use POSIX qw(WNOHANG);
 use Time::HiRes qw(time usleep);
@@ -23,7 +26,8 @@ use Test::More;
 
 our @EXPORT = qw(scenario start_double start_relay stop_child qes_node ctl ctl_get ctl_post
   double_stats create_requests submitted_ok all_status_ok sign_all signer_action wait_until
-  query_list ops events worker_pid creates_once_ok test_pdf);
+  query_list ops events worker_pid creates_once_ok test_pdf
+  start_s3 stop_s3 restart_s3 s3_check s3_log s3_ctl complete_requests);
 
 my $repo = abs_path(dirname(__FILE__) . '/../..');
 my @children;    # every child process started here, killed at END
@@ -145,8 +149,9 @@ sub start_relay
 		'node', "$repo/test/relay/relay.js", '--port', 0, '--db', $db, '--verbose', @extra);
 }
 
-# qes_node(name, double => $d, relay => 1, streaming => 0, conf => {guc => value}):
-# a started node with the worker configured against the double, qes_sign
+# qes_node(name, double => $d, relay => 1, streaming => 0, s3 => $s3, conf => {guc => value}):
+# a started node with the worker configured against the double (and with
+# s3 => start_s3(...) against that bucket), qes_sign
 # created in database postgres; the relay (unless relay => 0) is
 # $node->{relay}.  With relay => 0 callbacks go to a closed port.
 sub qes_node
@@ -172,6 +177,13 @@ sub qes_node
 		'qes_sign.retry_base_delay'   => "'100ms'",
 		'qes_sign.http_timeout'       => "'2s'",
 		'qes_sign.worker_restart_delay' => 1,
+		$o{s3}
+		? ('qes_sign.s3_endpoint' => "'$o{s3}{url}'",
+			'qes_sign.s3_region'     => "'us-east-1'",
+			'qes_sign.s3_bucket'     => "'$o{s3}{bucket}'",
+			'qes_sign.s3_access_key' => "'$o{s3}{access_key}'",
+			'qes_sign.s3_secret_key' => "'$o{s3}{secret_key}'")
+		: (),
 		restart_after_crash           => 'on',    # Cluster.pm sets off; the kill -9 tests need it
 		max_connections               => 40,
 		shared_buffers                => "'32MB'",
@@ -340,6 +352,101 @@ sub creates_once_ok
 	  or diag("created more than once: @twice[0..($#twice < 9 ? $#twice : 9)]; "
 		  . "not exactly once: " . scalar(@missing));
 	return;
+}
+
+# complete_requests(double, node, n, %create_opts): n requests created,
+# submitted and signed by all their signers at the double; returns the ids.
+# The worker then moves them to vollstaendig (and archives them).
+sub complete_requests
+{
+	my ($d, $node, $n, %o) = @_;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+	my @ids = create_requests($node, $n, %o);
+	submitted_ok($node, \@ids, 60);
+	my $refused = sign_all($d, $node, \@ids);
+	die "$refused signatures refused by the double\n" if $refused;
+	return @ids;
+}
+
+# ---- The S3 archive (test/s3/server.js: s3rver behind a capturing front)
+
+# start_s3(bucket => 'archive', access_key => ..., secret_key => ...): the S3
+# server on a free port with its objects in tmp_check/s3_<script> and every
+# request in tmp_check/log/<script>_s3.jsonl; returns {pid, port, url, dir,
+# bucket, access_key, secret_key, log}.
+sub start_s3
+{
+	my (%o) = @_;
+	my $script = basename($0, '.pl');
+	my $s3 = {
+		bucket     => $o{bucket}     // 'archive',
+		access_key => $o{access_key} // 'qes-test-access',
+		secret_key => $o{secret_key} // 'qes-test-secret',
+		dir        => $o{dir}        // "$PostgreSQL::Test::Utils::tmp_check/s3_$script",
+		log        => "$PostgreSQL::Test::Utils::log_path/${script}_s3.jsonl",
+		port       => 0,
+	};
+	unlink $s3->{log};
+	File::Path::rmtree($s3->{dir});    # a fresh, empty bucket for each run
+	return restart_s3($s3);
+}
+
+# restart_s3(s3): starts the S3 server again, on the same port and with the
+# same objects (after stop_s3); returns s3.
+sub restart_s3
+{
+	my ($s3) = @_;
+	my $c = start_child('s3', 'node', "$repo/test/s3/server.js", '--port', $s3->{port},
+		'--dir', $s3->{dir}, '--bucket', $s3->{bucket}, '--access-key', $s3->{access_key},
+		'--secret-key', $s3->{secret_key}, '--log', $s3->{log});
+	die "S3 server came back on port $c->{port}, not $s3->{port}"
+	  if $s3->{port} && $c->{port} != $s3->{port};
+	$s3->{pid}  = $c->{pid};
+	$s3->{port} = $c->{port};
+	$s3->{url}  = "http://127.0.0.1:$c->{port}";
+	return $s3;
+}
+
+# stop_s3(s3): stops the S3 server (connections refused until restart_s3).
+sub stop_s3 { my ($s3) = @_; stop_child($s3); return; }
+
+# s3_check(s3, command, args...): test/s3/check.py (Debian's python3-boto3,
+# SigV4, path-style) against the bucket; returns its decoded JSON, which has
+# {error => {status, code, message}} when S3 refused.  secret => '...' as the
+# first pair signs with another secret.
+sub s3_check
+{
+	my ($s3, @args) = @_;
+	my $secret = $s3->{secret_key};
+	if (@args && $args[0] eq 'secret') { (undef, $secret, @args) = @args; }
+	my @cmd = ('/usr/bin/python3', "$repo/test/s3/check.py", '--endpoint', $s3->{url},
+		'--bucket', $s3->{bucket}, '--access-key', $s3->{access_key}, '--secret', $secret, @args);
+	my ($out, $err) = ('', '');
+	IPC::Run::run(\@cmd, '<', \undef, '>', \$out, '2>', \$err);
+	my $res = eval { $json->decode($out) };
+	die "check.py @args: $err$out" unless $res;
+	return $res;
+}
+
+# s3_log(s3, filter): the requests the S3 server received, oldest first, as
+# {time, method, path, headers => {lower-case name => value}, body_size,
+# body_sha256, status, error}; filter (optional) is a sub that gets each one.
+sub s3_log
+{
+	my ($s3, $filter) = @_;
+	open my $fh, '<', $s3->{log} or return ();
+	my @all = map { $json->decode($_) } grep { /\S/ } <$fh>;
+	return $filter ? grep { $filter->($_) } @all : @all;
+}
+
+# s3_ctl(s3, 'faults', {status => 503, count => n, methods => ['PUT']}) or s3_ctl(s3, 'stats').
+sub s3_ctl
+{
+	my ($s3, $what, $body) = @_;
+	my $res = $http->request(defined $body ? 'POST' : 'GET', "$s3->{url}/_control/$what",
+		defined $body ? { content => $json->encode($body) } : {});
+	die "S3 /_control/$what: $res->{status} $res->{content}" unless $res->{success};
+	return $json->decode($res->{content});
 }
 
 1;
