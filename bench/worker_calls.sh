@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
-# bench/worker_calls.sh [LATENCY_MS] [N]: Skribble API calls per second of
-# the worker with 1, 16 and 64 calls in flight, against the local double
-# answering after LATENCY_MS (default 20).  One temporary cluster, one
-# double; each run refreshes N open requests (GET /signature-requests/{id}),
-# so the three figures come from the same process and are printed as ratios
-# to the one-at-a-time run.
+# bench/worker_calls.sh [--tiny] [N]: the worker's Skribble API calls per
+# second, against the ceiling of the local double measured in the same run.
+#   1. the double alone: wrk, 64 connections, the same GET the worker sends;
+#   2. the worker refreshing N open requests (GET /signature-requests/{id})
+#      with 1, 16 and 64 calls in flight, the double answering at once;
+#   3. the same with the double answering after 50 ms, 1 and 64 in flight.
+# Bars (SPEC section 11): at 64 in flight >= 1,000 calls/s or >= 50 % of the
+# double's ceiling, whichever is lower; at 50 ms, 64 in flight >= 20 x one
+# at a time.  Prints one result line per figure; exits 0 (a measurement).
 set -euo pipefail
-latency=${1:-20}
-n=${2:-2000}
+tiny=0
+[ "${1:-}" = "--tiny" ] && { tiny=1; shift; }
+n=${1:-2000}
+[ $tiny = 1 ] && n=100
 repo=$(cd "$(dirname "$0")/.." && pwd)
 bash "$repo/test/setup.sh" >/dev/null
+command -v wrk >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
 bindir=$(pg_config --bindir)
 
 work=$(mktemp -d /tmp/qes_bench.XXXXXX)
@@ -22,11 +28,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-node "$repo/test/skribble_double/server.js" --port 0 --latency-ms "$latency" \
-    --callback-retry-interval 3600000 > "$work/double.out" 2>&1 &
+node "$repo/test/skribble_double/server.js" --port 0 --callback-retry-interval 3600000 \
+    > "$work/double.out" 2>&1 &
 double_pid=$!
 for _ in $(seq 50); do grep -q LISTENING "$work/double.out" && break; sleep 0.1; done
 port=$(awk '/LISTENING/ {print $2}' "$work/double.out")
+double=http://127.0.0.1:$port
 
 pg "$bindir/initdb" -D "$work/data" -A trust --no-sync >/dev/null
 cat >> "$work/data/postgresql.conf" <<CONF
@@ -35,7 +42,7 @@ unix_socket_directories = '$work'
 fsync = off
 shared_preload_libraries = 'qes_sign'
 qes_sign.database = 'postgres'
-qes_sign.skribble_url = 'http://127.0.0.1:$port/v2'
+qes_sign.skribble_url = '$double/v2'
 qes_sign.skribble_username = 'api_demo_qes_sign'
 qes_sign.skribble_api_key = 'test-key'
 qes_sign.reconcile_interval = '1h'
@@ -52,7 +59,17 @@ until [ "$(q "SELECT count(*) FROM qes_sign.work_items WHERE state = 'pending' A
     sleep 0.2
 done
 
-# run CONCURRENCY COUNT: prints calls per second
+# ceiling: what the double serves to a load generator in another process
+ceiling() {
+    local token sr
+    token=$(curl -s -X POST "$double/v2/access/login" -H 'Content-Type: application/json' \
+        -d '{"username": "api_demo_qes_sign", "api-key": "test-key"}')
+    sr=$(q "SELECT skribble_id FROM qes_sign.signatur_anfragen LIMIT 1")
+    wrk -t2 -c64 -d"$1"s -H "Authorization: Bearer $token" -H 'Accept: application/json' \
+        "$double/v2/signature-requests/$sr" | awk '/Requests\/sec/ {print $2}'
+}
+
+# run CONCURRENCY COUNT: the worker's calls per second refreshing COUNT requests
 run() {
     sed -i '/^qes_sign.max_concurrency/d; /^qes_sign.max_host_connections/d' "$work/data/postgresql.conf"
     printf 'qes_sign.max_concurrency = %s\nqes_sign.max_host_connections = %s\n' "$1" "$1" \
@@ -72,11 +89,27 @@ run() {
     c1=$(q "SELECT value FROM qes_sign.operations WHERE metric = 'api_calls'")
     awk "BEGIN { print ($c1 - $c0) / ($t1 - $t0) }"
 }
+ratio() { awk "BEGIN { printf \"%.2f\", $1 / $2 }"; }
+latency() { curl -s -X POST "$double/_control/latency" -H 'Content-Type: application/json' -d "{\"ms\": $1}" >/dev/null; }
 
-one=$(run 1 $((n / 20 > 50 ? n / 20 : 50)))
+small=$((n / 20 > 20 ? n / 20 : 20))
+[ $tiny = 1 ] && small=10
+ceil=$(ceiling $([ $tiny = 1 ] && echo 1 || echo 5))
+one=$(run 1 "$small")
 r16=$(run 16 "$n")
 r64=$(run 64 "$n")
-printf 'double latency %s ms, %s requests\n' "$latency" "$n"
-printf '  1 in flight: %7.0f calls/s\n' "$one"
-printf ' 16 in flight: %7.0f calls/s  (%.1f x one at a time)\n' "$r16" "$(awk "BEGIN { print $r16 / $one }")"
-printf ' 64 in flight: %7.0f calls/s  (%.1f x one at a time)\n' "$r64" "$(awk "BEGIN { print $r64 / $one }")"
+latency 50
+slow_one=$(run 1 $([ $tiny = 1 ] && echo 5 || echo 40))
+slow64=$(run 64 "$n")
+latency 0
+
+bar=$(awk "BEGIN { b = $ceil / 2; print (b < 1000 ? b : 1000) }")
+echo "worker calls: $(nproc) cores, PostgreSQL $(pg_config --version | awk '{print $2}'), $n requests"
+printf 'worker calls: double alone (wrk, 64 connections) %8.0f calls/s (the ceiling)\n' "$ceil"
+printf 'worker calls: 1 in flight                       %8.0f calls/s\n' "$one"
+printf 'worker calls: 16 in flight                      %8.0f calls/s = %s x one at a time\n' "$r16" "$(ratio "$r16" "$one")"
+printf 'worker calls: 64 in flight                      %8.0f calls/s = %s of the ceiling (bar: >= %.0f calls/s)\n' \
+    "$r64" "$(ratio "$r64" "$ceil")" "$bar"
+printf 'worker calls: 50 ms latency, 1 in flight        %8.1f calls/s\n' "$slow_one"
+printf 'worker calls: 50 ms latency, 64 in flight       %8.0f calls/s = %s x one at a time (bar: >= 20)\n' \
+    "$slow64" "$(ratio "$slow64" "$slow_one")"

@@ -802,7 +802,8 @@ $$;
 -- _target_status decides the request's status from its signers and
 -- Skribble's status_overall; NULL means no change
 CREATE FUNCTION _target_status(r signatur_anfragen, overall text, OUT status anfrage_status, OUT reason text)
-LANGUAGE sql STABLE AS $$
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
     WITH s AS (
         SELECT count(*) AS total,
                count(*) FILTER (WHERE x.status = 'signed') AS signed,
@@ -829,6 +830,8 @@ LANGUAGE sql STABLE AS $$
              WHEN overall = 'ERROR'      THEN 'error at Skribble'
            END
       FROM s
+      INTO status, reason;
+END
 $$;
 
 CREATE FUNCTION apply_signature_request(id uuid, sr jsonb) RETURNS anfrage_status
@@ -1501,25 +1504,31 @@ LANGUAGE sql VOLATILE AS $$
 $$;
 
 -- _finish closes a work item (done or failed)
+-- (the worker's hot helpers are plpgsql: its plans are kept, while a
+-- LANGUAGE sql function that cannot be inlined is parsed on every call)
 CREATE FUNCTION _finish(p_item bigint, p_state text, p_error text DEFAULT NULL) RETURNS text
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+BEGIN
     UPDATE qes_sign.work_items SET state = p_state,
            last_error = CASE WHEN p_state = 'done' THEN NULL ELSE coalesce(p_error, last_error) END,
            failures = CASE WHEN p_state = 'done' THEN 0 ELSE failures END,
            leased_until = NULL, finished_at = qes_sign.clock()
      WHERE id = p_item;
-    SELECT p_state
+    RETURN p_state;
+END
 $$;
 
 -- _again puts a work item back in the queue, due after p_delay
 CREATE FUNCTION _again(p_item bigint, p_delay interval, p_payload jsonb DEFAULT '{}',
                        p_error text DEFAULT NULL, p_outcome text DEFAULT 'again') RETURNS text
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+BEGIN
     UPDATE qes_sign.work_items SET due_at = qes_sign.clock() + p_delay, leased_until = NULL,
            payload = (payload || p_payload) - 'again', last_error = coalesce(p_error, last_error),
            failures = CASE WHEN p_outcome = 'retry' THEN failures + 1 ELSE 0 END
      WHERE id = p_item;
-    SELECT p_outcome
+    RETURN p_outcome;
+END
 $$;
 
 -- _search_hit finds our request in a search answer by its custom field
