@@ -184,10 +184,13 @@ CREATE TABLE archive_staging (
     content          bytea NOT NULL,
     content_type     text NOT NULL,
     sha256           bytea NOT NULL,
+    size             bigint NOT NULL,
     stored_at        timestamptz,             -- the PUT was answered 2xx
     verified_at      timestamptz,             -- a HEAD showed its size and digest
     PRIMARY KEY (request_id, kind)
 );
+-- PDFs come compressed: no second compression, and reads by slice stay cheap
+ALTER TABLE archive_staging ALTER content SET STORAGE EXTERNAL;
 COMMENT ON TABLE archive_staging IS
     'Archive objects of a request on their way to the bucket; emptied when the request is archiviert';
 
@@ -1141,7 +1144,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, qes_sign AS $$
                         ORDER BY s.position, s.id)
                       FROM signers s WHERE s.request_id = r.id),
         'objects', (SELECT jsonb_object_agg(g.kind, jsonb_build_object(
-                        'key', g.key, 'sha256', encode(g.sha256, 'hex'), 'size', length(g.content)))
+                        'key', g.key, 'sha256', encode(g.sha256, 'hex'), 'size', g.size))
                       FROM archive_staging g WHERE g.request_id = r.id),
         'audit', (SELECT jsonb_agg(jsonb_build_object(
                       'seq', l.seq, 'at', _iso(l.at), 'event', l.event, 'actor', l.actor,
@@ -1152,15 +1155,16 @@ $$;
 -- _stage keeps one object of a request for upload
 CREATE FUNCTION _stage(r signatur_anfragen, p_kind text, p_content bytea, p_type text) RETURNS void
 LANGUAGE sql AS $$
-    INSERT INTO qes_sign.archive_staging (request_id, kind, key, content, content_type, sha256)
-    VALUES (r.id, p_kind, qes_sign._archive_key(r, p_kind), p_content, p_type, sha256(p_content))
+    INSERT INTO qes_sign.archive_staging (request_id, kind, key, content, content_type, sha256, size)
+    VALUES (r.id, p_kind, qes_sign._archive_key(r, p_kind), p_content, p_type, sha256(p_content),
+            length(p_content))
     ON CONFLICT (request_id, kind) DO NOTHING
 $$;
 
 -- _put_headers: the content type, and object lock when it is configured
-CREATE FUNCTION _put_headers(r signatur_anfragen, g archive_staging) RETURNS text[]
+CREATE FUNCTION _put_headers(r signatur_anfragen, content_type text) RETURNS text[]
 LANGUAGE sql STABLE AS $$
-    SELECT ARRAY['Content-Type: ' || g.content_type]
+    SELECT ARRAY['Content-Type: ' || content_type]
         || CASE WHEN current_setting('qes_sign.s3_object_lock') <> 'off' THEN ARRAY[
                'x-amz-object-lock-mode: ' || upper(current_setting('qes_sign.s3_object_lock')),
                'x-amz-object-lock-retain-until-date: ' || to_char(r.retention_until, 'YYYY-MM-DD') || 'T23:59:59Z']
@@ -1174,7 +1178,10 @@ CREATE FUNCTION _archive_call(w work_items, r signatur_anfragen) RETURNS api_cal
 LANGUAGE plpgsql AS $$
 DECLARE
     sr text := '/signature-requests/' || _url_escape(r.skribble_id);
-    g archive_staging;
+    next_kind text;
+    next_key text;
+    next_type text;
+    stored boolean;
     staged text[] := ARRAY(SELECT kind FROM archive_staging WHERE request_id = r.id);
 BEGIN
     IF NOT 'signed_pdf' = ANY (staged) THEN
@@ -1189,12 +1196,15 @@ BEGIN
     ELSIF NOT 'record_json' = ANY (staged) THEN
         PERFORM _stage(r, 'record_json', _archive_record(r), 'application/json');
     END IF;
-    SELECT * INTO g FROM archive_staging WHERE request_id = r.id AND verified_at IS NULL
-     ORDER BY kind LIMIT 1;
-    IF FOUND AND g.stored_at IS NULL THEN
-        RETURN ROW(w.id, r.id, 'put:' || g.kind, 's3', 'PUT', g.key, NULL, g.content, _put_headers(r, g))::api_call;
+    -- (the content is read only for a PUT: a 10 MB PDF is not copied around)
+    SELECT kind, key, content_type, stored_at IS NOT NULL INTO next_kind, next_key, next_type, stored
+      FROM archive_staging WHERE request_id = r.id AND verified_at IS NULL ORDER BY kind LIMIT 1;
+    IF FOUND AND NOT stored THEN
+        RETURN ROW(w.id, r.id, 'put:' || next_kind, 's3', 'PUT', next_key, NULL,
+                   (SELECT content FROM archive_staging WHERE request_id = r.id AND kind = next_kind),
+                   _put_headers(r, next_type))::api_call;
     ELSIF FOUND THEN
-        RETURN ROW(w.id, r.id, 'head:' || g.kind, 's3', 'HEAD', g.key, NULL, NULL, NULL)::api_call;
+        RETURN ROW(w.id, r.id, 'head:' || next_kind, 's3', 'HEAD', next_key, NULL, NULL, NULL)::api_call;
     END IF;
     PERFORM _archive_finish(w, r);
     RETURN NULL;
@@ -1209,7 +1219,7 @@ BEGIN
     INSERT INTO archive_objects AS o (request_id, kind, bucket, key, sha256, size, content_type,
                                       stored_at, verified_at)
     SELECT g.request_id, g.kind, current_setting('qes_sign.s3_bucket'), g.key, g.sha256,
-           length(g.content), g.content_type, g.stored_at, g.verified_at
+           g.size, g.content_type, g.stored_at, g.verified_at
       FROM archive_staging g WHERE g.request_id = r.id
     ON CONFLICT (request_id, kind) DO UPDATE
        SET bucket = excluded.bucket, key = excluded.key, sha256 = excluded.sha256, size = excluded.size,
@@ -1218,7 +1228,7 @@ BEGIN
     PERFORM _emit(r.id, 'archived', jsonb_build_object(
         'bucket', current_setting('qes_sign.s3_bucket'), 'retention_until', r.retention_until,
         'objects', (SELECT jsonb_agg(jsonb_build_object('kind', g.kind, 'key', g.key,
-                        'sha256', encode(g.sha256, 'hex'), 'size', length(g.content)) ORDER BY g.kind)
+                        'sha256', encode(g.sha256, 'hex'), 'size', g.size) ORDER BY g.kind)
                       FROM archive_staging g WHERE g.request_id = r.id)));
     PERFORM _transition(r.id, 'archiviert');
     DELETE FROM archive_staging WHERE request_id = r.id;
@@ -1239,10 +1249,10 @@ DECLARE
     r signatur_anfragen;
     step text := split_part(call_kind, ':', 1);
     obj text := split_part(call_kind, ':', 2);
-    g archive_staging;
+    g record;
 BEGIN
     SELECT * INTO r FROM signatur_anfragen WHERE id = w.request_id;
-    SELECT * INTO g FROM archive_staging WHERE request_id = r.id AND kind = obj;
+    SELECT key, size, sha256 INTO g FROM archive_staging WHERE request_id = r.id AND kind = obj;
     CASE step
     WHEN 'fetch' THEN
         IF obj LIKE '%pdf' AND substring(body FROM 1 FOR 5) IS DISTINCT FROM '\x255044462d'::bytea THEN
@@ -1254,10 +1264,10 @@ BEGIN
     WHEN 'put' THEN
         UPDATE archive_staging SET stored_at = clock() WHERE request_id = r.id AND kind = obj;
     WHEN 'head' THEN
-        -- size and digest as stored; a single-part ETag is the MD5 of the bytes
-        IF _header(headers, 'content-length') IS DISTINCT FROM length(g.content)::text
-           OR _header(headers, 'x-amz-meta-sha256') IS DISTINCT FROM encode(g.sha256, 'hex')
-           OR btrim(_header(headers, 'etag'), '"') !~ '-' AND btrim(_header(headers, 'etag'), '"') <> md5(g.content) THEN
+        -- size and digest as stored (S3 checked the bytes against Content-MD5
+        -- and x-amz-checksum-sha256 when it took them)
+        IF _header(headers, 'content-length') IS DISTINCT FROM g.size::text
+           OR _header(headers, 'x-amz-meta-sha256') IS DISTINCT FROM encode(g.sha256, 'hex') THEN
             -- never accepted: upload it again
             UPDATE archive_staging SET stored_at = NULL WHERE request_id = r.id AND kind = obj;
             RETURN _retry(w, format('archive object %s does not match after upload (size %s, sha256 %s)',
@@ -1523,7 +1533,10 @@ CREATE FUNCTION _again(p_item bigint, p_delay interval, p_payload jsonb DEFAULT 
                        p_error text DEFAULT NULL, p_outcome text DEFAULT 'again') RETURNS text
 LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE qes_sign.work_items SET due_at = qes_sign.clock() + p_delay, leased_until = NULL,
+    -- an immediate next step keeps its place in the queue (first in, first out)
+    UPDATE qes_sign.work_items SET due_at = CASE WHEN p_delay > '0' THEN qes_sign.clock() + p_delay
+                                                 ELSE least(due_at, qes_sign.clock()) END,
+           leased_until = NULL,
            payload = (payload || p_payload) - 'again', last_error = coalesce(p_error, last_error),
            failures = CASE WHEN p_outcome = 'retry' THEN failures + 1 ELSE 0 END
      WHERE id = p_item;
