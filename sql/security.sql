@@ -74,10 +74,27 @@ RESET ROLE;
 -- a superuser does see the secrets (they are set in test/qes_sign.conf)
 SELECT current_setting('qes_sign.callback_secret') <> '' AS superuser_sees_secret;
 
--- Every SECURITY DEFINER function pins its search_path; nothing is granted to PUBLIC
+-- Every SECURITY DEFINER function in SQL or plpgsql pins its search_path;
+-- the one in C (receive_callback, the hot path) names every object and
+-- operator of its statements with its schema instead, so a caller's
+-- search_path cannot redirect them:
 SELECT p.proname FROM pg_proc p
- WHERE p.pronamespace = 'qes_sign'::regnamespace AND p.prosecdef
+ WHERE p.pronamespace = 'qes_sign'::regnamespace AND p.prosecdef AND p.prolang <> 13
    AND NOT coalesce(p.proconfig @> ARRAY['search_path=pg_catalog, qes_sign'], false);
+SELECT p.proname, p.prolang = 13 AS in_c FROM pg_proc p
+ WHERE p.pronamespace = 'qes_sign'::regnamespace AND p.prosecdef AND p.proconfig IS NULL;
+CREATE SCHEMA regress_evil;
+CREATE FUNCTION regress_evil.eq(uuid, uuid) RETURNS boolean LANGUAGE sql AS 'SELECT true';
+CREATE OPERATOR regress_evil.= (LEFTARG = uuid, RIGHTARG = uuid, FUNCTION = regress_evil.eq);
+CREATE TABLE regress_evil.callback_inbox (LIKE qes_sign.callback_inbox);
+SET search_path = regress_evil, qes_sign, pg_catalog;
+SELECT (qes_sign.receive_callback(replace(qes_sign.callback_url(regress.uuid(61), 'error'),
+        'SKRIBBLE_DOCUMENT_ID', 'doc-evil'))).duplicate;
+SELECT regress.try($$SELECT qes_sign.receive_callback(qes_sign.callback_url('00000000-0000-0000-0000-0000000000ff', 'update'))$$);
+RESET search_path;
+SELECT count(*) AS stored_in_the_real_inbox FROM qes_sign.callback_inbox WHERE document_id = 'doc-evil';
+SELECT count(*) AS stored_elsewhere FROM regress_evil.callback_inbox;
+DROP SCHEMA regress_evil CASCADE;
 SELECT count(*) AS public_functions FROM pg_proc p
  WHERE p.pronamespace = 'qes_sign'::regnamespace AND has_function_privilege('public', p.oid, 'EXECUTE');
 SELECT count(*) AS public_tables FROM pg_class c

@@ -15,6 +15,8 @@
 #include "qes_sign.h"
 
 #include "access/htup_details.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
 #include "funcapi.h"
 #include "utils/uuid.h"
 
@@ -43,6 +45,7 @@ static void parse_query(const char *query, Datum *values, bool *nulls);
 
 PG_FUNCTION_INFO_V1(qes_sign_callback_url);
 PG_FUNCTION_INFO_V1(qes_sign_verify_callback);
+PG_FUNCTION_INFO_V1(qes_sign_receive_callback);
 
 /*
  * qes_sign_callback_url(id uuid, type text) returns the signed callback
@@ -87,8 +90,13 @@ qes_sign_callback_url(PG_FUNCTION_ARGS)
  * is counted and rejected with SQLSTATE 28000; the message never says
  * which MAC would have been right.
  */
-Datum
-qes_sign_verify_callback(PG_FUNCTION_ARGS)
+/*
+ * verify_url checks a callback URL and fills values/nulls with (request_id,
+ * callback_type, signature_request_id, document_id, signature_id); any
+ * failure is rejected with 28000 and counted.
+ */
+static void
+verify_url(text *url_text, Datum *values, bool *nulls)
 {
 	char	   *url;
 	char	   *path;
@@ -96,17 +104,14 @@ qes_sign_verify_callback(PG_FUNCTION_ARGS)
 	char	   *seg[3];
 	int			seglen[3];
 	char	   *end;
-	TupleDesc	tupdesc;
-	Datum		values[5];
-	bool		nulls[5] = {false, false, false, false, false};
 
-	if (PG_ARGISNULL(0) || VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(0)) == 0)
+	if (url_text == NULL || VARSIZE_ANY_EXHDR(url_text) == 0)
 		qes_reject(QES_CALLBACKS_REJECTED, errmsg("callback URL is empty"));
 	if (qes_callback_secret[0] == '\0')
 		qes_reject(QES_CALLBACKS_REJECTED,
 				   errmsg("callback rejected: qes_sign.callback_secret is not set"));
 
-	url = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	url = text_to_cstring(url_text);
 	path = strstr(url, "://");
 	path = path ? strchr(path + 3, '/') : url;
 	if (path == NULL)
@@ -153,13 +158,127 @@ qes_sign_verify_callback(PG_FUNCTION_ARGS)
 				   errmsg("callback signature does not match"),
 				   errdetail("The URL was not signed by this qes_sign for this request and type."));
 
-	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "qes_sign_verify_callback must return a composite type");
+	memset(nulls, 0, 5 * sizeof(bool));
 	values[0] = DirectFunctionCall1(uuid_in, CStringGetDatum(seg[0]));
 	values[1] = PointerGetDatum(cstring_to_text_with_len(seg[1], seglen[1]));
 	parse_query(query, values + 2, nulls + 2);
+}
+
+Datum
+qes_sign_verify_callback(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	Datum		values[5];
+	bool		nulls[5];
+
+	verify_url(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0), values, nulls);
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "qes_sign_verify_callback must return a composite type");
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc),
 													  values, nulls)));
+}
+
+/*
+ * dedupe_key is what makes a repeated callback count once while the worker
+ * has not looked at it: the request, the type and Skribble's ids in the URL
+ * (NULLs left out, like concat_ws).
+ */
+static Datum
+dedupe_key(Datum *values, bool *nulls)
+{
+	StringInfoData key;
+
+	initStringInfo(&key);
+	appendStringInfoString(&key, DatumGetCString(DirectFunctionCall1(uuid_out, values[0])));
+	for (int i = 1; i < 5; i++)
+		if (!nulls[i])
+			appendStringInfo(&key, "/%s", TextDatumGetCString(values[i]));
+	return CStringGetTextDatum(key.data);
+}
+
+/*
+ * store_callback inserts a verified callback once (the inbox's unique
+ * dedupe_key) if its request exists; false if it was there already.  The
+ * statements name every object and operator with its schema: this runs as
+ * the extension's owner with the caller's search_path.
+ */
+static bool
+store_callback(Datum *values, bool *nulls, Datum body, bool body_null)
+{
+	static SPIPlanPtr insert_plan = NULL;
+	static SPIPlanPtr exists_plan = NULL;
+	Oid			types[7] = {UUIDOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, BYTEAOID};
+	Datum		args[7];
+	char		argnulls[7];
+	bool		stored;
+
+	for (int i = 0; i < 5; i++)
+	{
+		args[i] = values[i];
+		argnulls[i] = nulls[i] ? 'n' : ' ';
+	}
+	args[5] = dedupe_key(values, nulls);
+	argnulls[5] = ' ';
+	args[6] = body;
+	argnulls[6] = body_null ? 'n' : ' ';
+
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	qes_keep_plan(&insert_plan,
+				  "INSERT INTO qes_sign.callback_inbox (request_id, callback_type, source, "
+				  "signature_request_id, document_id, signature_id, dedupe_key, body) "
+				  "SELECT $1, $2, 'callback', $3, $4, $5, $6, $7 WHERE EXISTS (SELECT "
+				  "FROM qes_sign.signatur_anfragen a WHERE a.id OPERATOR(pg_catalog.=) $1) "
+				  "ON CONFLICT DO NOTHING", 7, types);
+	if (SPI_execute_plan(insert_plan, args, argnulls, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not store a callback");
+	stored = SPI_processed == 1;
+	if (!stored)
+	{
+		qes_keep_plan(&exists_plan,
+					  "SELECT FROM qes_sign.signatur_anfragen a WHERE a.id OPERATOR(pg_catalog.=) $1",
+					  1, types);
+		if (SPI_execute_plan(exists_plan, args, argnulls, true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not look up a request");
+		if (SPI_processed == 0)
+		{
+			SPI_finish();
+			qes_reject(QES_CALLBACKS_REJECTED, errmsg("callback names an unknown request"));
+		}
+	}
+	SPI_finish();
+	return stored;
+}
+
+/*
+ * qes_sign_receive_callback is qes_sign.receive_callback(url, body): verify
+ * the signed URL, store the callback once, wake the worker at commit.  In C
+ * for speed (it is the portal's hot path); the rules are the inbox's unique
+ * index and the worker's SQL.
+ */
+Datum
+qes_sign_receive_callback(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	Datum		values[5];
+	bool		nulls[5];
+	Datum		receipt[3];
+	bool		rnulls[3] = {false, false, false};
+	bool		stored;
+
+	verify_url(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0), values, nulls);
+	stored = store_callback(values, nulls, PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1),
+							PG_ARGISNULL(1));
+	if (stored)
+		qes_wake_at_commit();
+	qes_count(QES_CALLBACKS_ACCEPTED);
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "receive_callback must return a composite type");
+	receipt[0] = values[0];
+	receipt[1] = values[1];
+	receipt[2] = BoolGetDatum(!stored);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc),
+													  receipt, rnulls)));
 }
 
 /*
