@@ -9,7 +9,9 @@
 #             of qes_sign.callback_inbox with the same indexes
 #
 # Both statements take the URL (resp. the request id) from the same small
-# lookup table, so both pay the same lookup.  One temporary cluster
+# lookup table, so both pay the same lookup.  Besides tps, each run reports
+# the server CPU per call (the figure that other load on the machine
+# disturbs least), and the CPU ratio plain/intake.  One temporary cluster
 # (shared_preload_libraries = 'qes_sign', no qes_sign.database: no worker
 # runs and the inbox is not drained); runs alternate baseline, intake,
 # baseline, intake and the result is the ratio of the summed tps.
@@ -83,27 +85,38 @@ SELECT id, 'update', 'callback', 'sr-:client_id-:r', 'doc-:client_id-:r', 'sig-:
 SQL
 chown postgres "$work"/*.sql
 
-# run SCRIPT: prints tps (without the initial connection time)
+# server CPU (user + system) of the cluster's backends that have exited, in
+# clock ticks: the postmaster reaps them, so their time adds up in its
+# cutime + cstime (robust against other load on the machine, unlike tps)
+reaped() { awk '{print $16 + $17}' "/proc/$(head -1 "$work/data/postmaster.pid")/stat"; }
+hz=$(getconf CLK_TCK)
+# run SCRIPT: prints tps (without the initial connection time) and the
+# server CPU per transaction in microseconds
 run() {
+    local t0 t1
+    t0=$(reaped)
     pg "$bindir/pgbench" -n -h "$work" -U postgres -c "$clients" -j "$clients" -T "$secs" \
         -f "$work/$1.sql" postgres 2>"$work/pgbench.err" > "$work/pgbench.out" || {
         cat "$work/pgbench.err" >&2; exit 1; }
     if grep -q 'failed: [1-9]' "$work/pgbench.out"; then cat "$work/pgbench.out" >&2; exit 1; fi
-    awk '/^tps = / {print $3}' "$work/pgbench.out"
+    sleep 0.5; t1=$(reaped)
+    awk -v t="$((t1 - t0))" -v hz="$hz" '/^tps = / {tps = $3} /actually processed/ {n = $NF}
+        END {print tps, t / hz * 1e6 / n}' "$work/pgbench.out"
 }
 
-plain_sum=0; intake_sum=0
+plain_sum=0; intake_sum=0; plain_cpu=0; intake_cpu=0
 for round in 1 2; do
-    p=$(run plain); i=$(run intake)
-    printf '  round %s: plain insert %8.0f tps   intake %8.0f tps   (%.2f)\n' "$round" "$p" "$i" \
-        "$(awk "BEGIN { print $i / $p }")"
+    r=$(run plain); read -r p pc <<<"$r"; r=$(run intake); read -r i ic <<<"$r"
+    printf '  round %s: plain insert %6.0f tps %5.0f us CPU/call   intake %6.0f tps %5.0f us CPU/call   (%.2f, CPU %.2f)\n' \
+        "$round" "$p" "$pc" "$i" "$ic" "$(awk "BEGIN { print $i / $p }")" "$(awk "BEGIN { print $pc / $ic }")"
     plain_sum=$(awk "BEGIN { print $plain_sum + $p }"); intake_sum=$(awk "BEGIN { print $intake_sum + $i }")
+    plain_cpu=$(awk "BEGIN { print $plain_cpu + $pc }"); intake_cpu=$(awk "BEGIN { print $intake_cpu + $ic }")
 done
 # every intake call stored a row (none deduplicated, none rejected)
 stored=$(q "SELECT count(*) FROM qes_sign.callback_inbox")
 accepted=$(q "SELECT value FROM qes_sign.counters() WHERE name = 'callbacks_accepted'")
-[ "$stored" = "$accepted" ] || echo "  warning: $accepted callbacks accepted but $stored stored (duplicates)"
-awk -v i="$intake_sum" -v p="$plain_sum" -v bar="$bar" 'BEGIN {
-    printf "intake: %.0f tps vs plain %.0f tps = %.2f (bar %.2f)%s\n", i / 2, p / 2, i / p, bar,
-           ((i / p >= bar) ? "" : "  BELOW BAR") }'
+[ "$stored" = "$accepted" ] || echo "  WARNING: $accepted callbacks accepted but $stored stored (duplicates)"
+awk -v i="$intake_sum" -v p="$plain_sum" -v ic="$intake_cpu" -v pc="$plain_cpu" -v bar="$bar" 'BEGIN {
+    printf "intake: %.0f tps vs plain %.0f tps = %.2f (bar %.2f)%s; server CPU/call %.0f vs %.0f us = %.2f\n",
+           i / 2, p / 2, i / p, bar, ((i / p >= bar) ? "" : "  BELOW BAR"), ic / 2, pc / 2, pc / ic }'
 exit 0

@@ -18,6 +18,7 @@
  *     the arrival of its status_vollstaendig and status_archiviert NOTIFYs.
  * Prints the distribution of signature -> status_archiviert and the split.
  */
+const fs = require('node:fs');
 const http = require('node:http');
 const path = require('node:path');
 const { Client } = require(require.resolve('pg', { paths: [path.join(__dirname, '..', 'test')] }));
@@ -64,6 +65,35 @@ const ms = (v) => `${v.toFixed(1).padStart(7)} ms`;
 function dist(label, values) {
   const s = [...values].sort((a, b) => a - b);
   return `${label.padEnd(44)} p50 ${ms(pct(s, 50))}  p95 ${ms(pct(s, 95))}  p99 ${ms(pct(s, 99))}  max ${ms(s[s.length - 1])}`;
+}
+
+/* cpu: CPU seconds so far of the processes that matter: the worker, the other PostgreSQL
+ * processes (the relay's backends and the rest, live ones plus those that have exited), the
+ * double, the relay, the S3 server, this driver; and the machine's idle time */
+const TICK = 100;
+function ticks(pid) {
+  try {
+    const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ');
+    return { own: (Number(f[11]) + Number(f[12])) / TICK, children: (Number(f[13]) + Number(f[14])) / TICK };
+  } catch (e) { return { own: 0, children: 0 }; }
+}
+function cpu(workerPid) {
+  const out = {};
+  const pm = Number(fs.readFileSync(path.join(process.env.BENCH_PGDATA, 'postmaster.pid'), 'utf8').split('\n')[0]);
+  let kids = [];
+  try { kids = fs.readFileSync(`/proc/${pm}/task/${pm}/children`, 'utf8').trim().split(/\s+/).map(Number); } catch (e) { /* none */ }
+  const p = ticks(pm);
+  out['qes_sign worker'] = ticks(workerPid).own;
+  out['other PostgreSQL processes'] = p.own + p.children + kids.filter((k) => k !== workerPid).reduce((a, k) => a + ticks(k).own, 0);
+  for (const kv of (process.env.BENCH_PIDS || '').split(' ').filter(Boolean)) {
+    const [name, pid] = kv.split('=');
+    out[name] = ticks(pid).own;
+  }
+  const u = process.cpuUsage();
+  out['this driver'] = (u.user + u.system) / 1e6;
+  const st = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+  out.idle = (st[3] + st[4]) / TICK;
+  return out;
 }
 
 /* sign: the last signature of request r at the double; records send, answer and signed_at */
@@ -146,12 +176,15 @@ async function main() {
     await until('solo archiviert', async () => seen.get(r.id).archiviert !== undefined);
     await sleep(200);
   }
+  const { rows: [wk] } = await admin.query(`SELECT pid FROM pg_stat_activity WHERE backend_type = 'qes_sign worker'`);
+  const cpu0 = cpu(wk.pid);
   const stats0 = await admin.query(`SELECT metric, value FROM qes_sign.operations WHERE metric = 'api_calls'`);
   const tFire = now();
   await Promise.all(reqs.map(sign));
   const fireMs = now() - tFire;
   await until('all archiviert', async () => archived === N + SOLO);
   const tAll = now() - tFire;
+  const cpu1 = cpu(wk.pid);
   const stats1 = await admin.query(`SELECT metric, value FROM qes_sign.operations WHERE metric = 'api_calls'`);
   const calls = Number(stats1.rows[0].value) - Number(stats0.rows[0].value);
 
@@ -170,6 +203,9 @@ async function main() {
   const p99 = pct([...e2e].sort((a, b) => a - b), 99);
   console.log(`setup: ${N} requests submitted ${submitMs} ms after create; ${N} last signatures fired within ${fireMs.toFixed(0)} ms; ` +
               `all archiviert ${tAll.toFixed(0)} ms after the first; ${calls} worker calls (S3 and Skribble) meanwhile`);
+  const wall = tAll / 1000;
+  console.log(`CPU during the burst (${wall.toFixed(2)} s wall x ${require('node:os').cpus().length} cores): ` +
+    Object.keys(cpu1).map((k) => `${k} ${(cpu1[k] - cpu0[k]).toFixed(2)} s (${((cpu1[k] - cpu0[k]) / wall * 100).toFixed(0)}%)`).join(', '));
   console.log(dist('signature -> NOTIFY status_archiviert', e2e) + `   bar p99 < 1000 ms: ${p99 < 1000 ? 'met' : 'MISSED'}`);
   console.log(dist('  of which signature -> status_vollstaendig', toVoll));
   console.log(dist('  of which vollstaendig -> status_archiviert', vollToArch));

@@ -11,8 +11,10 @@
 # takes, per request, the time from the signature (the double's signed_at)
 # to the arrival of its status_archiviert NOTIFY.  Prints p50/p95/p99/max
 # (bar: p99 < 1 s), the split into signature -> vollstaendig -> archiviert,
-# and as baselines from the same run: the round trip of a plain pg_notify
-# from a second session and the double's own answer time for a sign call.
+# the CPU time each process used during the burst, and as baselines from
+# the same run: the round trip of a plain pg_notify from a second session,
+# the double's own answer time for a sign call, and the same path for a
+# request whose last signature comes alone (3 of them, one at a time).
 # --tiny: N = 10.  Exits 0 whether or not the bar is met.
 set -euo pipefail
 tiny=0
@@ -42,6 +44,7 @@ trap 'exit 130' INT TERM
 # start NAME CMD...: a Node service in the background; sets $port from its "LISTENING <port>" line
 start() {
     local name=$1; shift
+    : >"$work/$name.out"
     "$@" >"$work/$name.out" 2>"$work/$name.log" &
     local pid=$!
     pids+=("$pid")
@@ -92,6 +95,6 @@ q "CREATE EXTENSION qes_sign" >/dev/null
 printf 'bench/latency.sh: %s requests, last signatures at once; %s cores, %s; fsync off, max_concurrency %s\n' \
     "$n" "$(nproc)" "$(q 'SHOW server_version' | sed 's/ .*//;s/^/PostgreSQL /')" "$(q 'SHOW qes_sign.max_concurrency')"
 
-PGHOST=$work PGPORT=5432 PGDATABASE=postgres PGUSER=postgres \
-BENCH_DOUBLE="http://127.0.0.1:$double_port" BENCH_N=$n \
+PGHOST=$work PGPORT=5432 PGDATABASE=postgres PGUSER=postgres BENCH_PGDATA=$work/data \
+BENCH_PIDS="double=${pids[0]} relay=${pids[1]} s3-server=${pids[2]}" BENCH_DOUBLE="http://127.0.0.1:$double_port" BENCH_N=$n \
     node "$repo/bench/latency.js"

@@ -201,3 +201,8 @@ SELECT * FROM regress.claim();                                          -- looke
 -- operators see the last error per request
 SELECT request_id = regress.uuid(303) AS given_up, kind, attempts, last_error
   FROM qes_sign.request_errors WHERE request_id IN (regress.uuid(302), regress.uuid(303), regress.uuid(309));
+
+-- _url_escape: libcurl's percent-encoding; the empty string stays empty
+-- (valgrind found libcurl reading past an empty datum before)
+SELECT qes_sign._url_escape(''), qes_sign._url_escape('Mietvertrag Eppendorfer Landstraße 42/2.OG'),
+       qes_sign._url_escape('a&b=c?d#e');

@@ -251,9 +251,13 @@ Datum
 qes_sign_url_escape(PG_FUNCTION_ARGS)
 {
 	text	   *in = PG_GETARG_TEXT_PP(0);
-	char	   *esc = curl_easy_escape(NULL, VARDATA_ANY(in), VARSIZE_ANY_EXHDR(in));
+	char	   *esc;
 	text	   *out;
 
+	/* a length of 0 would make libcurl run strlen() past the datum */
+	if (VARSIZE_ANY_EXHDR(in) == 0)
+		PG_RETURN_TEXT_P(cstring_to_text(""));
+	esc = curl_easy_escape(NULL, VARDATA_ANY(in), VARSIZE_ANY_EXHDR(in));
 	if (esc == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_OUT_OF_MEMORY),
