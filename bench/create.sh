@@ -37,33 +37,11 @@ secs=${1:-20}
 clients=${2:-8}
 if [ $tiny = 1 ]; then secs=2; clients=2; fi
 bar=0.70
-repo=$(cd "$(dirname "$0")/.." && pwd)
-flock /tmp/qes_build.lock bash "$repo/test/setup.sh" >/dev/null
-bindir=$(pg_config --bindir)
-
-work=$(mktemp -d /tmp/qes_bench.XXXXXX)
-chown postgres "$work"
-pg() { runuser -u postgres -- "$@"; }
-cleanup() {
-    [ -n "${sampler_pid:-}" ] && kill "$sampler_pid" 2>/dev/null || true
-    pg "$bindir/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-pg "$bindir/initdb" -D "$work/data" -A trust --no-sync >/dev/null
-cat >> "$work/data/postgresql.conf" <<CONF
-listen_addresses = ''
-unix_socket_directories = '$work'
-fsync = off
-shared_buffers = '512MB'
-max_wal_size = '8GB'
-shared_preload_libraries = 'qes_sign'
-qes_sign.callback_base_url = 'https://portal.example/qes/callback'
-qes_sign.callback_secret = 'bench-callback-secret-0123456789abcdef'
-CONF
-pg "$bindir/pg_ctl" -D "$work/data" -l "$work/server.log" -w start >/dev/null
-q() { pg "$bindir/psql" -X -At -h "$work" -U postgres -d postgres -v ON_ERROR_STOP=1 -c "$1"; }
+. "$(dirname "$0")/lib.sh"
+bench_init create
+bench_cluster "shared_buffers = '512MB'" "max_wal_size = '8GB'" \
+    "qes_sign.callback_base_url = 'https://portal.example/qes/callback'" \
+    "qes_sign.callback_secret = 'bench-callback-secret-0123456789abcdef'"
 
 echo "bench/create.sh: $(nproc) cores, $(q 'SHOW server_version') (fsync off), $clients clients, ${secs} s per run"
 
@@ -81,7 +59,6 @@ open(p, 'wb').write(pdf[:m.start(1)] + pad + pdf[m.end(1):])
 PY
 chown postgres "$work/lease.pdf"
 
-q "CREATE EXTENSION qes_sign" >/dev/null
 q "CREATE TABLE bench_doc (doc bytea NOT NULL);
    INSERT INTO bench_doc VALUES (pg_read_binary_file('$work/lease.pdf'));
    CREATE TABLE bench_req (LIKE qes_sign.signatur_anfragen INCLUDING ALL,
@@ -199,6 +176,7 @@ BEGIN
 END
 \$\$" >/dev/null 2>&1 &
 sampler_pid=$!
+pids+=("$sampler_pid")   # killed on exit too
 noreset=1 run create >/dev/null
 q "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = 'bench_sampler'" >/dev/null
 wait "$sampler_pid" 2>/dev/null || true; sampler_pid=

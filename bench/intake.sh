@@ -25,36 +25,14 @@ clients=${2:-8}
 if [ $tiny = 1 ]; then secs=2; clients=2; fi
 nreq=1000
 bar=0.80
-repo=$(cd "$(dirname "$0")/.." && pwd)
-flock /tmp/qes_build.lock bash "$repo/test/setup.sh" >/dev/null
-bindir=$(pg_config --bindir)
-
-work=$(mktemp -d /tmp/qes_bench.XXXXXX)
-chown postgres "$work"
-pg() { runuser -u postgres -- "$@"; }
-cleanup() {
-    pg "$bindir/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-pg "$bindir/initdb" -D "$work/data" -A trust --no-sync >/dev/null
-cat >> "$work/data/postgresql.conf" <<CONF
-listen_addresses = ''
-unix_socket_directories = '$work'
-fsync = off
-shared_buffers = '256MB'
-max_wal_size = '4GB'
-shared_preload_libraries = 'qes_sign'
-qes_sign.callback_base_url = 'https://portal.example/qes/callback'
-qes_sign.callback_secret = 'bench-callback-secret-0123456789abcdef'
-CONF
-pg "$bindir/pg_ctl" -D "$work/data" -l "$work/server.log" -w start >/dev/null
-q() { pg "$bindir/psql" -X -At -h "$work" -U postgres -d postgres -v ON_ERROR_STOP=1 -c "$1"; }
+. "$(dirname "$0")/lib.sh"
+bench_init intake
+bench_cluster "shared_buffers = '256MB'" "max_wal_size = '4GB'" \
+    "qes_sign.callback_base_url = 'https://portal.example/qes/callback'" \
+    "qes_sign.callback_secret = 'bench-callback-secret-0123456789abcdef'"
 
 echo "bench/intake.sh: $(nproc) cores, $(q 'SHOW server_version') (fsync off), $clients clients, ${secs} s per run"
 
-q "CREATE EXTENSION qes_sign" >/dev/null
 # N requests; bench_urls holds each one's signed update URL without its
 # query (the statement appends one with unique ids, as Skribble fills in its
 # placeholders), and its id for the baseline

@@ -13,43 +13,14 @@ tiny=0
 [ "${1:-}" = "--tiny" ] && { tiny=1; shift; }
 n=${1:-2000}
 [ $tiny = 1 ] && n=100
-repo=$(cd "$(dirname "$0")/.." && pwd)
-bash "$repo/test/setup.sh" >/dev/null
+. "$(dirname "$0")/lib.sh"
+bench_init worker_calls
 command -v wrk >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
-bindir=$(pg_config --bindir)
-
-work=$(mktemp -d /tmp/qes_bench.XXXXXX)
-chown postgres "$work"
-pg() { runuser -u postgres -- "$@"; }
-cleanup() {
-    pg "$bindir/pg_ctl" -D "$work/data" -m immediate stop >/dev/null 2>&1 || true
-    [ -n "${double_pid:-}" ] && kill "$double_pid" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-node "$repo/test/skribble_double/server.js" --port 0 --callback-retry-interval 3600000 \
-    > "$work/double.out" 2>&1 &
-double_pid=$!
-for _ in $(seq 50); do grep -q LISTENING "$work/double.out" && break; sleep 0.1; done
-port=$(awk '/LISTENING/ {print $2}' "$work/double.out")
+start double node "$repo/test/skribble_double/server.js" --port 0 --callback-retry-interval 3600000
 double=http://127.0.0.1:$port
-
-pg "$bindir/initdb" -D "$work/data" -A trust --no-sync >/dev/null
-cat >> "$work/data/postgresql.conf" <<CONF
-listen_addresses = ''
-unix_socket_directories = '$work'
-fsync = off
-shared_preload_libraries = 'qes_sign'
-qes_sign.database = 'postgres'
-qes_sign.skribble_url = '$double/v2'
-qes_sign.skribble_username = 'api_demo_qes_sign'
-qes_sign.skribble_api_key = 'test-key'
-qes_sign.reconcile_interval = '1h'
-CONF
-pg "$bindir/pg_ctl" -D "$work/data" -l "$work/server.log" -w start >/dev/null
-q() { psql -X -At -h "$work" -U postgres -d postgres -c "$1"; }
-q "CREATE EXTENSION qes_sign" >/dev/null
+bench_cluster "qes_sign.database = 'postgres'" "qes_sign.skribble_url = '$double/v2'" \
+    "qes_sign.skribble_username = 'api_demo_qes_sign'" "qes_sign.skribble_api_key = 'test-key'" \
+    "qes_sign.reconcile_interval = '1h'"
 
 # N open requests at the double (no callbacks: nobody listens)
 q "SELECT count(qes_sign.create_request('bench', 'Bench ' || g, convert_to('%PDF-1.4 bench %%EOF', 'UTF8'),

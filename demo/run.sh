@@ -45,24 +45,8 @@ logs() {
     done
 }
 
-# start NAME CMD...: runs a Node service in the background and sets $port
-# from the "LISTENING <port>" line it prints
-start() {
-    local name=$1; shift
-    "$@" >"$work/$name.out" 2>"$work/$name.log" &
-    local pid=$!
-    pids+=("$pid")
-    port=
-    for _ in $(seq 100); do
-        port=$(sed -n 's/^LISTENING \([0-9][0-9]*\)$/\1/p' "$work/$name.out")
-        [ -n "$port" ] && return 0
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    echo "demo: $name did not start" >&2
-    logs
-    exit 1
-}
+. "$here/../test/services.sh"    # start NAME CMD...
+start_failed() { logs; }
 
 start double node "$repo/test/skribble_double/server.js" --port 0 --verbose \
     --clock 2026-03-19T08:15:00Z --callback-retry-interval 500
