@@ -15,7 +15,6 @@ n=${1:-2000}
 [ $tiny = 1 ] && n=100
 . "$(dirname "$0")/lib.sh"
 bench_init worker_calls
-command -v wrk >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
 start double node "$repo/test/skribble_double/server.js" --port 0 --callback-retry-interval 3600000
 double=http://127.0.0.1:$port
 bench_cluster "qes_sign.database = 'postgres'" "qes_sign.skribble_url = '$double/v2'" \
