@@ -32,6 +32,14 @@ SELECT duplicate FROM qes_sign.receive_webhook(
       "webhook-signature": "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="}',
     convert_to('{"test": 2432232314}', 'UTF8'));
 
+-- the same bytes spelt differently in base64 (unused low bits set, or '='
+-- inside) are not the signature: only the canonical text matches
+SELECT regress.try(format($$SELECT qes_sign.receive_webhook(
+    '{"webhook-id": "msg_noncanonical_%s", "webhook-timestamp": "1614265330",
+      "webhook-signature": "v1,%s"}', convert_to('{"test": 2432232314}', 'UTF8'))$$, n, sig)) AS non_canonical
+  FROM (VALUES (1, 'g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OF='),
+               (2, 'g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE')) v(n, sig);
+
 -- the tolerance: 5 minutes either way
 SET qes_sign.test_clock = '2021-02-25 15:07:10+00';   -- exactly +300 s
 SELECT duplicate FROM qes_sign.receive_webhook(regress.wh('msg_edge_late', 1614265330, '{"test": 1}'), convert_to('{"test": 1}', 'UTF8'));
