@@ -1,0 +1,114 @@
+# r02: about 20 % of the Skribble API calls fail while requests go through
+# the whole lifecycle (to archiviert, S3 included): 5xx (503, later 500),
+# 429 with Retry-After, timeouts (the double holds the answer past
+# qes_sign.http_timeout) and connections closed after the create was stored.
+# Full: 1,000 requests; reduced: 100.  Every request ends archiviert, each
+# is created exactly once at Skribble, the audit chain verifies, the retries
+# (operations.api_retries) stay below 3 per request.
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::RealBin/../perl", $FindBin::RealBin;
+use QesTest;
+use Reliability;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time sleep);
+
+my $n = scaled(1000, 100);
+my $seed = $ENV{QES_SEED} // time % 100000;
+srand($seed);
+my %faults = (error_rate => 0.09, error_status => 503, rate_limit_rate => 0.05, retry_after => 1,
+	timeout_rate => 0.04, timeout_ms => 3000, drop_after_create_rate => 0.05, seed => $seed);
+note("r02: $n requests, faults " . join(' ', map { "$_=$faults{$_}" } sort keys %faults));
+
+my $d    = start_double();
+my $s3   = start_s3();
+my $node = qes_node('r02', double => $d, s3 => $s3,
+	conf => { 'qes_sign.reconcile_interval' => "'5s'", 'qes_sign.retry_max_delay' => "'2s'",
+		max_connections => 60 });
+
+my $t0 = time;
+ctl_post($d, 'faults', \%faults);
+my (@ids, $batches);
+$batches = 0;
+while (@ids < $n)
+{
+	if (@ids >= $n / 2 && $faults{error_status} == 503)
+	{    # the second half sees 500s instead of 503s
+		$faults{error_status} = 500;
+		ctl_post($d, 'faults', \%faults);
+	}
+	my @b = rcreate($node, scaled(50, 20), 'R02-' . $batches++, 50);
+	push @ids, @b;
+	my $bl = in_list(@b);
+	wait_until($node, "SELECT count(*) FROM qes_sign.signatur_anfragen WHERE skribble_id IS NOT NULL AND id IN ($bl)",
+		scalar(@b), 180) or die "batch not submitted: " . status_counts($node, \@b) . "\n";
+	my $refused = rsign($d, $node, \@b);
+	die "$refused signatures refused\n" if $refused;
+}
+is(scalar(@ids), $n, "$n requests created, submitted and signed in $batches batches through faults");
+my $list = in_list(@ids);
+note(sprintf('all signed after %.1f s', time - $t0));
+ok(wait_until($node, "SELECT count(*) FROM qes_sign.signatur_anfragen WHERE status = 'archiviert' AND id IN ($list)",
+		$n, scaled(900, 240)), "all $n archiviert through faults")
+  or diag('status: ' . status_counts($node, \@ids));
+note(sprintf('archiviert after %.1f s', time - $t0));
+my $st = double_stats($d);
+ctl_post($d, 'faults', {});
+
+my $fi = $st->{faults_injected};
+my $injected = 0;
+$injected += $fi->{$_} for keys %$fi;
+note("faults injected: " . join(' ', map { "$_=$fi->{$_}" } sort keys %$fi)
+	  . " of $st->{total_calls} API calls (" . sprintf('%.1f %%', 100 * $injected / ($st->{total_calls} || 1)) . ')');
+cmp_ok($fi->{$_}, '>', 0, "faults injected: $_ ($fi->{$_})") for qw(error rate_limit timeout drop_after_create);
+my $rate = $injected / ($st->{total_calls} || 1);
+ok($rate > 0.12 && $rate < 0.3, sprintf('about 20 %% of the calls failed (%.1f %%)', 100 * $rate));
+
+my $by = $st->{creates_by_custom} // {};
+my $max = 0;
+for (@ids) { $max = $by->{$_} if ($by->{$_} // 0) > $max; }
+my $missing = grep { ($by->{$_} // 0) != 1 } @ids;
+creates_once_ok($d, \@ids, "each of the $n created exactly once at Skribble");
+my $recovered = rpsql($node, "SELECT count(*) FROM qes_sign.audit_log WHERE event = 'create_recovered' AND request_id IN ($list)");
+note("creates recovered through custom: $recovered (connections dropped after a stored create: $fi->{drop_after_create})");
+cmp_ok($recovered, '>=', 1, 'creates whose answer was lost were found again through custom');
+is(rpsql($node, 'SELECT ok FROM qes_sign.verify_audit_chain()'), 't', 'audit chain intact');
+is(rpsql($node, "SELECT count(*) FROM qes_sign.work_items WHERE state = 'failed' AND request_id IN ($list)"), '0',
+	'no work item given up');
+
+my $ops = ops($node);
+note("operations: api_calls=$ops->{api_calls} api_retries=$ops->{api_retries} api_failures=$ops->{api_failures} logins=$ops->{logins}");
+cmp_ok($ops->{api_retries}, '>', 0, "retries counted ($ops->{api_retries})");
+cmp_ok($ops->{api_retries}, '<', 3 * $n, "retries bounded: $ops->{api_retries} < 3 x $n requests");
+
+my $b = bucket_check($node, $s3, \@ids);
+ok($b->{verified} == 4 * $n && !@{ $b->{missing} } && $b->{incomplete} == 0 && !@{ $b->{stray} } && !@{ $b->{half} },
+	"the bucket holds exactly the 4 objects of every request with matching sha256 ($b->{verified} verified)")
+  or diag("missing/different: @{$b->{missing}}[0..4]; stray: @{$b->{stray}}[0..4]; incomplete: $b->{incomplete}");
+
+my ($deaths, $reinit, $panic) = log_deaths($node);
+is(scalar(@$deaths) + $panic, 0, 'no process terminated by a signal, no PANIC');
+diag($_->[2]) for @$deaths;
+
+counts_line('r02_api_faults',
+	requests => $n,
+	archived => count_where($node, "status = 'archiviert' AND id IN ($list)"),
+	created_at_skribble_max_per_request => $max,
+	not_created_exactly_once => $missing,
+	lost => $n - count_where($node, "status = 'archiviert' AND id IN ($list)"),
+	faults_injected => $injected,
+	(map { ("faults_$_" => $fi->{$_}) } sort keys %$fi),
+	api_calls_at_double => $st->{total_calls},
+	fault_rate_pct => sprintf('%.1f', 100 * $rate),
+	api_retries => $ops->{api_retries},
+	api_failures => $ops->{api_failures},
+	create_recovered => $recovered,
+	worker_kills => 0,
+	server_crashes => scalar(@$deaths) + $panic,
+	seconds => sprintf('%.0f', time - $t0),
+	seed => $seed);
+
+$node->stop;
+done_testing();
