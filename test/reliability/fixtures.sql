@@ -1,6 +1,7 @@
 -- test/reliability/fixtures.sql: what r06 and r07 share (schema rt): a
 -- small valid PDF and a Skribble SignatureRequest as the API returns it,
--- with one status code per signer (signer1, signer2, ...)
+-- with one status code per signer (signer1, signer2, ...), and a
+-- fingerprint of every qes_sign table (to show that nothing changed)
 CREATE SCHEMA rt;
 CREATE FUNCTION rt.pdf() RETURNS bytea LANGUAGE sql AS $$
     SELECT convert_to(E'%PDF-1.4\n1 0 obj << /Type /Page >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n', 'UTF8') $$;
@@ -16,3 +17,14 @@ CREATE FUNCTION rt.sr(id uuid, overall text, codes text[], viewed int[] DEFAULT 
             'last_viewed_at', CASE WHEN i = ANY (viewed) OR codes[i] = 'SIGNED' THEN '2026-03-19T09:20:00.000Z' END,
             'signed_at', CASE WHEN codes[i] = 'SIGNED' THEN '2026-03-19T09:30:00.000Z' END)) ORDER BY i)
             FROM generate_series(1, array_length(codes, 1)) i)) $$;
+CREATE FUNCTION rt.fingerprint() RETURNS TABLE (tbl text, n bigint, digest text) LANGUAGE plpgsql AS $$
+DECLARE t text;
+BEGIN
+    FOR t IN SELECT c.relname FROM pg_class c WHERE c.relnamespace = 'qes_sign'::regnamespace
+               AND c.relkind = 'r' ORDER BY 1 LOOP
+        tbl := t;
+        EXECUTE format('SELECT count(*), md5(coalesce(string_agg(x::text, %L ORDER BY x::text), %L)) FROM qes_sign.%I x',
+                       E'\n', '', t) INTO n, digest;
+        RETURN NEXT;
+    END LOOP;
+END $$;

@@ -66,17 +66,6 @@ GRANT SELECT ON rt.urls, rt.reqs TO PUBLIC;
 GRANT INSERT, SELECT ON rt.results TO PUBLIC;
 
 -- fingerprint of every qes_sign table (superuser, no RLS)
-CREATE FUNCTION rt.fingerprint() RETURNS TABLE (tbl text, n bigint, digest text) LANGUAGE plpgsql AS $$
-DECLARE t text;
-BEGIN
-    FOR t IN SELECT c.relname FROM pg_class c WHERE c.relnamespace = 'qes_sign'::regnamespace
-               AND c.relkind = 'r' ORDER BY 1 LOOP
-        tbl := t;
-        EXECUTE format('SELECT count(*), md5(coalesce(string_agg(x::text, %L ORDER BY x::text), %L)) FROM qes_sign.%I x',
-                       E'\n', '', t) INTO n, digest;
-        RETURN NEXT;
-    END LOOP;
-END $$;
 -- the pre-existing requests and their signers, byte for byte
 CREATE FUNCTION rt.old_rows() RETURNS text LANGUAGE sql AS $$
     SELECT md5(string_agg(x, E'\n' ORDER BY x)) FROM (

@@ -77,17 +77,6 @@ END $$;
 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA rt TO PUBLIC;
 
 -- fingerprint of every qes_sign table (superuser, no RLS)
-CREATE FUNCTION rt.fingerprint() RETURNS TABLE (tbl text, n bigint, digest text) LANGUAGE plpgsql AS $$
-DECLARE t text;
-BEGIN
-    FOR t IN SELECT c.relname FROM pg_class c WHERE c.relnamespace = 'qes_sign'::regnamespace
-               AND c.relkind = 'r' ORDER BY 1 LOOP
-        tbl := t;
-        EXECUTE format('SELECT count(*), md5(coalesce(string_agg(x::text, %L ORDER BY x::text), %L)) FROM qes_sign.%I x',
-                       E'\n', '', t) INTO n, digest;
-        RETURN NEXT;
-    END LOOP;
-END $$;
 CREATE TABLE rt.before AS SELECT * FROM rt.fingerprint();
 CREATE ROLE r07_app LOGIN IN ROLE qes_sign_app;
 SQL
