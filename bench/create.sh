@@ -119,24 +119,11 @@ reset() {
                 qes_sign.archive_objects, qes_sign.signatur_anfragen" >/dev/null
     q "CHECKPOINT" >/dev/null
 }
-# server CPU (user + system) of the cluster's backends that have exited, in
-# clock ticks: the postmaster reaps them, so their time adds up in its
-# cutime + cstime (robust against other load on the machine, unlike tps)
-reaped() { awk '{print $16 + $17}' "/proc/$(head -1 "$work/data/postmaster.pid")/stat"; }
-hz=$(getconf CLK_TCK)
-# run SCRIPT [CLIENTS]: prints tps (without the initial connection time)
-# and the server CPU per transaction in microseconds
+# run SCRIPT [CLIENTS]: tps and server CPU per call (bench/lib.sh), each run
+# on emptied tables unless noreset is set
 run() {
-    local c=${2:-$clients} t0 t1
     [ -n "${noreset:-}" ] || reset
-    t0=$(reaped)
-    pg "$bindir/pgbench" -n -M prepared -D loaded=0 -h "$work" -U postgres -c "$c" -j "$c" -T "$secs" \
-        -f "$work/$1.sql" postgres 2>"$work/pgbench.err" > "$work/pgbench.out" || {
-        cat "$work/pgbench.err" >&2; exit 1; }
-    if grep -q 'failed: [1-9]' "$work/pgbench.out"; then cat "$work/pgbench.out" >&2; exit 1; fi
-    sleep 0.5; t1=$(reaped)
-    awk -v t="$((t1 - t0))" -v hz="$hz" '/^tps = / {tps = $3} /actually processed/ {n = $NF}
-        END {print tps, t / hz * 1e6 / n}' "$work/pgbench.out"
+    pgbench_run "$1" "${2:-$clients}" -M prepared -D loaded=0
 }
 ratio() { awk "BEGIN { printf \"%.2f\", $1 / $2 }"; }
 

@@ -63,24 +63,8 @@ SELECT id, 'update', 'callback', 'sr-:client_id-:r', 'doc-:client_id-:r', 'sig-:
 SQL
 chown postgres "$work"/*.sql
 
-# server CPU (user + system) of the cluster's backends that have exited, in
-# clock ticks: the postmaster reaps them, so their time adds up in its
-# cutime + cstime (robust against other load on the machine, unlike tps)
-reaped() { awk '{print $16 + $17}' "/proc/$(head -1 "$work/data/postmaster.pid")/stat"; }
-hz=$(getconf CLK_TCK)
-# run SCRIPT: prints tps (without the initial connection time) and the
-# server CPU per transaction in microseconds
-run() {
-    local t0 t1
-    t0=$(reaped)
-    pg "$bindir/pgbench" -n -h "$work" -U postgres -c "$clients" -j "$clients" -T "$secs" \
-        -f "$work/$1.sql" postgres 2>"$work/pgbench.err" > "$work/pgbench.out" || {
-        cat "$work/pgbench.err" >&2; exit 1; }
-    if grep -q 'failed: [1-9]' "$work/pgbench.out"; then cat "$work/pgbench.out" >&2; exit 1; fi
-    sleep 0.5; t1=$(reaped)
-    awk -v t="$((t1 - t0))" -v hz="$hz" '/^tps = / {tps = $3} /actually processed/ {n = $NF}
-        END {print tps, t / hz * 1e6 / n}' "$work/pgbench.out"
-}
+# run SCRIPT: tps and server CPU per call (bench/lib.sh)
+run() { pgbench_run "$1" "$clients"; }
 
 plain_sum=0; intake_sum=0; plain_cpu=0; intake_cpu=0
 for round in 1 2; do

@@ -70,3 +70,24 @@ bench_stack() {
         "qes_sign.reconcile_interval = '1h'" \
         "$@"
 }
+
+# server CPU (user + system) of the cluster's backends that have exited, in
+# clock ticks: the postmaster reaps them, so their time adds up in its
+# cutime + cstime (robust against other load on the machine, unlike tps)
+reaped() { awk '{print $16 + $17}' "/proc/$(head -1 "$work/data/postmaster.pid")/stat"; }
+
+# pgbench_run SCRIPT CLIENTS [PGBENCH OPTIONS...]: runs $work/SCRIPT.sql for
+# $secs seconds; prints tps (without the initial connection time) and the
+# server CPU per transaction in microseconds
+pgbench_run() {
+    local script=$1 c=$2 t0 t1
+    shift 2
+    t0=$(reaped)
+    pg "$bindir/pgbench" -n "$@" -h "$work" -U postgres -c "$c" -j "$c" -T "$secs" \
+        -f "$work/$script.sql" postgres 2>"$work/pgbench.err" > "$work/pgbench.out" || {
+        cat "$work/pgbench.err" >&2; exit 1; }
+    if grep -q 'failed: [1-9]' "$work/pgbench.out"; then cat "$work/pgbench.out" >&2; exit 1; fi
+    sleep 0.5; t1=$(reaped)
+    awk -v t="$((t1 - t0))" -v hz="$(getconf CLK_TCK)" '/^tps = / {tps = $3} /actually processed/ {n = $NF}
+        END {print tps, t / hz * 1e6 / n}' "$work/pgbench.out"
+}
