@@ -40,3 +40,10 @@ print-%:
 
 # every object depends on the shared headers (PGXS does not track them)
 $(OBJS): src/qes_sign.h src/http.h
+
+# the reliability suites at full scale, then the libFuzzer harness for 60 s
+# (test/reliability/README.md); run as root, like test/run-all.sh
+reliability: install
+	QES_SCALE=full bash $(srcdir)/test/reliability/run.sh
+	QES_SCALE=full bash $(srcdir)/test/reliability/fuzz/run.sh
+.PHONY: reliability

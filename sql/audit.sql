@@ -72,6 +72,29 @@ ROLLBACK;
 -- after the rollbacks the chain verifies again
 SELECT ok, problem FROM qes_sign.verify_audit_chain();
 
+-- Restoring a dump: an entry that arrives with its number and the hash of
+-- its fields is refused outside restore mode (numbering it anew would
+-- rewrite the restored trail); in restore mode (qes_sign.restore, for
+-- superusers) it is kept as it was, and a changed one is refused
+CREATE TEMP TABLE dumped AS
+    SELECT seq + 1000 AS seq, at, request_id, verwaltung, event, actor, detail, hash AS prev_hash,
+           qes_sign.audit_hash(hash, seq + 1000, at, request_id, verwaltung, event, actor, detail) AS hash
+      FROM qes_sign.audit_log WHERE seq = 3;
+SELECT regress.try($$INSERT INTO qes_sign.audit_log SELECT * FROM dumped$$);
+BEGIN;
+SET LOCAL qes_sign.restore = on;
+INSERT INTO qes_sign.audit_log SELECT * FROM dumped;
+SELECT l.seq - 1000 AS seq, l.actor, l = d AS kept_as_dumped
+  FROM qes_sign.audit_log l JOIN dumped d ON d.seq = l.seq;
+SELECT regress.try($$INSERT INTO qes_sign.audit_log SELECT seq + 1, at, request_id, verwaltung, event,
+                     'somebody else', detail, prev_hash, hash FROM dumped$$);
+ROLLBACK;
+CREATE ROLE regress_restorer;
+SET ROLE regress_restorer;
+SET qes_sign.restore = on;                                   -- superusers only
+RESET ROLE;
+DROP ROLE regress_restorer;
+
 -- the acting role is the session's, not the SECURITY DEFINER owner's
 CREATE ROLE regress_portal LOGIN IN ROLE qes_sign_app;
 SET ROLE regress_portal;

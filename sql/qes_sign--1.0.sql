@@ -1395,6 +1395,16 @@ LANGUAGE sql SET search_path = pg_catalog, qes_sign AS $$
     UPDATE work_items SET due_at = clock() WHERE state = 'pending' AND failures > 0
 $$;
 
+-- _search_from: when a create posted at payload.posted may be looked up:
+-- qes_sign.http_timeout later, when it is stored at Skribble or failed
+CREATE FUNCTION _search_from(payload jsonb) RETURNS timestamptz
+LANGUAGE sql STABLE AS $$
+    SELECT CASE jsonb_typeof(payload -> 'posted')
+           WHEN 'string' THEN (payload ->> 'posted')::timestamptz
+                              + current_setting('qes_sign.http_timeout')::interval
+           ELSE '-infinity' END
+$$;
+
 -- _call_for decides the HTTP call a claimed work item needs now (NULL:
 -- none; the item was settled without one)
 CREATE FUNCTION _call_for(w work_items) RETURNS api_call
@@ -1410,11 +1420,19 @@ BEGIN
     CASE w.kind
     WHEN 'submit' THEN
         IF w.payload ? 'posted' THEN
-            -- a create whose outcome is unknown: look for it before sending again
+            -- a create whose outcome is unknown: look for it before sending
+            -- again, but only once Skribble has had the time a call may take
+            -- to store it (a search that comes first finds nothing)
+            IF clock() < _search_from(w.payload) THEN
+                UPDATE work_items SET due_at = _search_from(w.payload), leased_until = NULL,
+                       attempts = attempts - 1
+                 WHERE id = w.id;
+                RETURN NULL;
+            END IF;
             RETURN _skribble_call(w, 'search', 'GET', format('/signature-requests?search=%s&page_size=100&page_number=%s',
                                   _url_escape(r.title), coalesce(w.payload ->> 'page', '1')));
         END IF;
-        UPDATE work_items SET payload = payload || '{"posted": true}' WHERE id = w.id;
+        UPDATE work_items SET payload = payload || jsonb_build_object('posted', clock()) WHERE id = w.id;
         RETURN _skribble_call(w, 'create', 'POST', '/signature-requests', _create_body(r)::text);
     WHEN 'refresh' THEN
         RETURN _skribble_call(w, 'get', 'GET', sr);
@@ -1734,12 +1752,23 @@ END
 $$;
 
 -- _worker_started: a (re)started worker takes back what its predecessor had
--- leased; a create in flight then is looked up before it is sent again
-CREATE FUNCTION _worker_started() RETURNS bigint
-LANGUAGE sql SET search_path = pg_catalog, qes_sign AS $$
-    WITH u AS (UPDATE work_items SET leased_until = NULL
-                WHERE state = 'pending' AND leased_until IS NOT NULL RETURNING 1)
-    SELECT count(*) FROM u
+-- leased; a create in flight then is looked up before it is sent again.
+-- After a promotion the old primary may have posted creates whose "posted"
+-- mark never reached this server: every create not yet answered is looked
+-- up first.
+CREATE FUNCTION _worker_started(promoted boolean DEFAULT false) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, qes_sign AS $$
+DECLARE
+    n bigint;
+BEGIN
+    IF promoted THEN
+        UPDATE work_items SET payload = payload || jsonb_build_object('posted', clock())
+         WHERE kind = 'submit' AND state = 'pending' AND NOT payload ? 'posted';
+    END IF;
+    UPDATE work_items SET leased_until = NULL WHERE state = 'pending' AND leased_until IS NOT NULL;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
 $$;
 
 -------------------------------------------------------------------------------

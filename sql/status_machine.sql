@@ -68,6 +68,14 @@ SELECT event, detail - 'at' AS detail FROM qes_sign.timeline(regress.uuid(1));
 SELECT regress.try($$INSERT INTO qes_sign.signatur_anfragen (verwaltung, vorgangstyp, title, document_sha256,
     document_size, quality, legislation, created_by, expires_at, status)
     VALUES ('hv', 'mietvertrag', 't', '\x00', 1, 'QES', 'EIDAS', 'x', now(), 'vollstaendig')$$);
+-- ... except in restore mode, where pg_restore brings rows that passed the
+-- machine in the database they were dumped from
+BEGIN;
+SET LOCAL qes_sign.restore = on;
+SELECT regress.try($$INSERT INTO qes_sign.signatur_anfragen (verwaltung, vorgangstyp, title, document_sha256,
+    document_size, quality, legislation, created_by, expires_at, status)
+    VALUES ('hv', 'mietvertrag', 't', '\x00', 1, 'QES', 'EIDAS', 'x', now(), 'vollstaendig')$$);
+ROLLBACK;
 
 -- the trigger also fires with session_replication_role = replica (ENABLE ALWAYS)
 SET session_replication_role = replica;

@@ -33,17 +33,22 @@ LANGUAGE sql AS $$
         call_kind, status, convert_to(replace(body, '{{ID}}', id::text), 'UTF8'), retry_after, err, headers)
 $$;
 
--- regress.due: makes a request's pending work due now
+-- regress.due: makes a request's pending work due now, a create posted
+-- long enough ago to be looked up
 CREATE FUNCTION regress.due(id uuid) RETURNS void LANGUAGE sql AS $$
-    UPDATE qes_sign.work_items w SET due_at = now() - interval '1 second'
+    UPDATE qes_sign.work_items w SET due_at = now() - interval '1 second',
+           payload = CASE WHEN w.payload ? 'posted'
+                          THEN w.payload || jsonb_build_object('posted', now() - interval '1 hour')
+                          ELSE w.payload END
      WHERE w.request_id = due.id AND w.state = 'pending'
 $$;
 
--- regress.work: a request's work items
+-- regress.work: a request's work items (when a create was posted shows as true)
 CREATE FUNCTION regress.work(id uuid)
 RETURNS TABLE (kind text, state text, attempts int, failures int, payload jsonb, last_error text, due_in_s int)
 LANGUAGE sql AS $$
-    SELECT w.kind, w.state, w.attempts, w.failures, w.payload, w.last_error,
+    SELECT w.kind, w.state, w.attempts, w.failures,
+           CASE WHEN w.payload ? 'posted' THEN w.payload || '{"posted": true}' ELSE w.payload END, w.last_error,
            CASE WHEN w.state = 'pending' THEN ceil(extract(epoch FROM w.due_at - now()))::int END
       FROM qes_sign.work_items w WHERE w.request_id = work.id ORDER BY w.id
 $$;
@@ -197,7 +202,29 @@ SELECT regress.request(regress.uuid(309));
 SELECT count(*) FROM regress.claim();
 SELECT count(*) FROM regress.claim();                                   -- leased: not again
 SELECT qes_sign._worker_started();
+SELECT regress.due(regress.uuid(309));
 SELECT * FROM regress.claim();                                          -- looked up first
+
+-- 11. A lost create is looked up only once Skribble may have stored it
+--     (qes_sign.http_timeout after it was posted); before, a search could
+--     miss it and the create go out twice
+SELECT regress.request(regress.uuid(310));
+SELECT count(*) FROM regress.claim();
+SELECT regress.answer(regress.uuid(310), 'create', 0, '', 0, 'Connection reset by peer');
+UPDATE qes_sign.work_items SET due_at = now() - interval '1 second' WHERE request_id = regress.uuid(310);
+SELECT count(*) FROM regress.claim();                                   -- too early: nothing sent
+SELECT kind, attempts, due_in_s BETWEEN 50 AND 60 AS due_when_stored FROM regress.work(regress.uuid(310));
+UPDATE qes_sign.work_items SET due_at = now() - interval '1 second',
+       payload = payload || jsonb_build_object('posted', now() - interval '61 seconds')
+ WHERE request_id = regress.uuid(310);
+SELECT * FROM regress.claim();                                          -- a minute later: looked up
+--     after a promotion every create not yet answered is looked up first:
+--     the old primary may have sent it without this server knowing
+SELECT regress.request(regress.uuid(311));
+SELECT qes_sign._worker_started(true);
+SELECT kind, payload ? 'posted' AS looked_up_first FROM qes_sign.work_items WHERE request_id = regress.uuid(311);
+UPDATE qes_sign.work_items SET state = 'done' WHERE request_id = regress.uuid(311);
+
 -- operators see the last error per request
 SELECT request_id = regress.uuid(303) AS given_up, kind, attempts, last_error
   FROM qes_sign.request_errors WHERE request_id IN (regress.uuid(302), regress.uuid(303), regress.uuid(309));

@@ -41,6 +41,7 @@ static bytea *entry_hash(bytea *prev, int64 seq, TimestampTz at,
 						 Datum request_id, bool request_null,
 						 text *verwaltung, text *event, text *actor,
 						 Jsonb *detail);
+static bool restored_entry(Datum *values, bool *nulls);
 static void append_field(StringInfo buf, const char *data, int len);
 static bytea *bytes_to_bytea(const unsigned char *data, int len);
 
@@ -51,7 +52,9 @@ PG_FUNCTION_INFO_V1(qes_sign_audit_hash);
 /*
  * qes_sign_audit_chain fills seq, at, actor, prev_hash and hash of a new
  * audit entry.  Whatever the inserter supplied for them is overwritten, so
- * no caller can forge the time, the role or the chain.
+ * no caller can forge the time, the role or the chain.  Only in restore
+ * mode (qes_sign.restore, superusers) is a dumped entry taken as it was,
+ * and then only if it carries the hash of its fields.
  */
 Datum
 qes_sign_audit_chain(PG_FUNCTION_ARGS)
@@ -96,6 +99,8 @@ qes_sign_audit_chain(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NOT_NULL_VIOLATION),
 				 errmsg("an audit entry needs an event")));
+	if (restored_entry(values, nulls))
+		return PointerGetDatum(tuple);
 
 	SPI_connect();
 	spicxt = CurrentMemoryContext;
@@ -130,6 +135,57 @@ qes_sign_audit_chain(PG_FUNCTION_ARGS)
 	newvals[4] = PointerGetDatum(hash);
 	return PointerGetDatum(heap_modify_tuple_by_cols(tuple, tupdesc, 5, cols,
 													 newvals, newnulls));
+}
+
+/*
+ * restored_entry decides about an entry that arrives with its number and
+ * hash, as pg_restore brings it: in restore mode it is kept if its hash is
+ * that of its fields (true); otherwise such an entry is refused, since
+ * numbering it anew would silently rewrite a restored trail.  False for a
+ * new entry.
+ */
+static bool
+restored_entry(Datum *values, bool *nulls)
+{
+	int64		seq;
+	bool		intact;
+	bytea	   *given;
+	bytea	   *hash;
+
+	if (nulls[A_SEQ - 1] || nulls[A_HASH - 1])
+		return false;
+	seq = DatumGetInt64(values[A_SEQ - 1]);
+	intact = !nulls[A_AT - 1] && !nulls[A_ACTOR - 1] && !nulls[A_PREV_HASH - 1];
+	if (intact)
+	{
+		hash = entry_hash(DatumGetByteaPP(values[A_PREV_HASH - 1]), seq,
+						  DatumGetTimestampTz(values[A_AT - 1]),
+						  values[A_REQUEST_ID - 1], nulls[A_REQUEST_ID - 1],
+						  nulls[A_VERWALTUNG - 1] ? NULL : DatumGetTextPP(values[A_VERWALTUNG - 1]),
+						  DatumGetTextPP(values[A_EVENT - 1]),
+						  DatumGetTextPP(values[A_ACTOR - 1]),
+						  nulls[A_DETAIL - 1] ? NULL : DatumGetJsonbP(values[A_DETAIL - 1]));
+		given = DatumGetByteaPP(values[A_HASH - 1]);
+		intact = VARSIZE_ANY_EXHDR(given) == QES_SHA256_LEN &&
+			memcmp(VARDATA_ANY(given), VARDATA(hash), QES_SHA256_LEN) == 0;
+	}
+	if (qes_restore_mode && !intact)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("restored audit entry " INT64_FORMAT " does not carry the hash of its fields",
+						seq),
+				 errdetail("In restore mode audit entries are kept as they were dumped; "
+						   "this one was changed or is incomplete."),
+				 errhint("Run qes_sign.verify_audit_chain() in the database the dump came from.")));
+	if (!qes_restore_mode && intact)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("audit entry " INT64_FORMAT " comes from an existing trail", seq),
+				 errdetail("qes_sign numbers, times and chains new entries itself; "
+						   "taking this one in would renumber a restored trail."),
+				 errhint("To restore a dump, run pg_restore with "
+						 "PGOPTIONS='-c qes_sign.restore=on'.")));
+	return qes_restore_mode;
 }
 
 /*

@@ -46,6 +46,7 @@ int			qes_reconcile_interval = 5 * 60 * 1000;
 int			qes_max_concurrency = 16;
 int			qes_max_host_connections = 16;
 int			qes_http_timeout = 60000;
+bool		qes_restore_mode = false;
 int			qes_http_connect_timeout = 10000;
 int			qes_retry_base_delay = 1000;
 int			qes_retry_max_delay = 600000;
@@ -173,6 +174,13 @@ _PG_init(void)
 	define_string("qes_sign.verwaltung",
 				  "Tenant of the current session (row-level security).",
 				  &qes_verwaltung, "", PGC_USERSET, 0, NULL);
+	DefineCustomBoolVariable("qes_sign.restore",
+							 "Restore mode: rows of a dump are admitted as they were.",
+							 "Set it for pg_restore (PGOPTIONS='-c qes_sign.restore=on'): "
+							 "requests keep their status, audit entries their "
+							 "number, time, actor and hash.",
+							 &qes_restore_mode, false, PGC_SUSET, 0,
+							 NULL, NULL, NULL);
 	define_string("qes_sign.test_clock",
 				  "Overrides qes_sign's clock (tests only).",
 				  &qes_test_clock, "", PGC_SUSET, GUC_NOT_IN_SAMPLE, NULL);

@@ -38,6 +38,7 @@ extern char *qes_callback_secret;
 extern char *qes_webhook_secrets;
 extern char *qes_test_clock;
 extern int	qes_webhook_tolerance;
+extern bool qes_restore_mode;
 
 /* crypto.c: thin wrappers over OpenSSL */
 extern void qes_sha256(const void *data, size_t len, unsigned char *out);

@@ -52,6 +52,7 @@ typedef struct WorkerState
 	TimestampTz next_claim;
 	bool		claim_now;		/* woken by a commit: new work may be there */
 	bool		attached;		/* extension found, leases taken back */
+	bool		was_standby;	/* saw recovery: creates may be unrecorded */
 	bool		reloaded;		/* configuration reloaded since the last step */
 } WorkerState;
 
@@ -139,17 +140,20 @@ end_xact(void)
 
 /*
  * attach finds the extension in the database and takes back the work items
- * a previous incarnation had leased.  False while it is not installed.
+ * a previous incarnation had leased.  After a promotion, creates the old
+ * primary sent may not have reached this server: they are looked up first.
+ * False while the extension is not installed.
  */
 static bool
-attach(void)
+attach(bool promoted)
 {
 	bool		found;
 
 	begin_xact();
 	found = OidIsValid(get_extension_oid("qes_sign", true));
 	if (found &&
-		SPI_execute("SELECT qes_sign._worker_started()", false, 0) == SPI_OK_SELECT)
+		SPI_execute(promoted ? "SELECT qes_sign._worker_started(true)"
+					: "SELECT qes_sign._worker_started()", false, 0) == SPI_OK_SELECT)
 	{
 		bool		isnull;
 		int64		n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
@@ -533,11 +537,13 @@ standby_or_detached(WorkerState *st)
 	{
 		report("standby: waiting for promotion");
 		st->attached = false;
+		st->was_standby = true;
 		return true;
 	}
 	if (!st->attached)
 	{
-		st->attached = attach();
+		st->attached = attach(st->was_standby);
+		st->was_standby = false;
 		if (!st->attached)
 		{
 			report("waiting for CREATE EXTENSION qes_sign");

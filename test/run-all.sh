@@ -3,7 +3,9 @@
 # setup (packages, build, install), then pg_regress and the isolation specs
 # against temporary clusters, run as the unprivileged user postgres
 # (PostgreSQL refuses root), the Skribble double's self-test, and the TAP
-# tests of the background worker (test/t, prove).  Ends with one line "N passed, N failed".
+# tests of the background worker (test/t, prove), the reliability suites
+# at reduced scale and the libFuzzer harness (test/reliability), and the
+# benchmarks at a tiny size.  Ends with one line "N passed, N failed".
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 bash "$repo/test/setup.sh" || exit 1
@@ -53,24 +55,41 @@ mkdir -p "$tap" && chown postgres "$tap"
     prove -v --timer -I "$pgxs/src/test/perl" -I "$repo/test/perl" "$repo"/test/t/*.pl) \
     >"$scratch/tap.log" 2>&1
 tap_rc=$?
-# results and failure details, without passing subtest lines and psql chatter
-grep -vE "^ +ok |^ *# +'|^ *# (issuing|results) |QUERY_SEPARATOR|Asynchronous notification|# connect output:|^ *# [{}]|^ *#? *$|^ +1\.\.[0-9]+$" \
-    "$scratch/tap.log"
-tap_ok=$(grep -cE '^ok [0-9]+' "$scratch/tap.log" || true)
-tap_failed=$(grep -cE '^not ok [0-9]+' "$scratch/tap.log" || true)
-# a script that died or exited non-zero without a failed test counts as one failure
-tap_failed=$((tap_failed + $(grep -cE '\(Wstat: [1-9].* Failed: 0\)' "$scratch/tap.log" || true)))
-[ "$tap_rc" -ne 0 ] && [ "$tap_failed" -eq 0 ] && tap_failed=1
-if [ "$tap_failed" -gt 0 ]; then   # the server and helper logs of the failed scripts
-    for f in $(sed -nE 's#^.*/t/([0-9a-z_]+)\.pl +\(Wstat.*#\1#p' "$scratch/tap.log"); do
-        echo "---- tail of the logs of $f"
-        for l in "$tap"/tmp_check/log/"${f}"_*.log; do   # servers, double, relays
-            echo "-- $(basename "$l")"
-            grep -E 'ERROR|FATAL|PANIC|WARNING|terminated|rror|-> [45][0-9][0-9]' "$l" | tail -n 20
+
+# tap_results LOG RC LOGDIR: prints the results of a prove log (without
+# passing subtests and psql chatter) and the logs of failed scripts, and
+# adds to the totals; a script that died without a failed test counts once
+tap_results() {
+    local log=$1 rc=$2 logdir=$3 ok bad f l
+    grep -vE "^ +ok |^ *# +'|^ *# (issuing|results) |QUERY_SEPARATOR|Asynchronous notification|# connect output:|^ *# [{}]|^ *#? *$|^ +1\.\.[0-9]+$" "$log"
+    ok=$(grep -cE '^ok [0-9]+' "$log" || true)
+    bad=$(grep -cE '^not ok [0-9]+' "$log" || true)
+    bad=$((bad + $(grep -cE '\(Wstat: [1-9].* Failed: 0\)' "$log" || true)))
+    [ "$rc" -ne 0 ] && [ "$bad" -eq 0 ] && bad=1
+    if [ "$bad" -gt 0 ]; then   # the server and helper logs of the failed scripts
+        for f in $(sed -nE 's#^.*/([0-9a-z_]+)\.pl +\(Wstat.*#\1#p' "$log"); do
+            echo "---- tail of the logs of $f"
+            for l in "$logdir"/tmp_check/log/"${f}"_*.log; do   # servers, double, relays
+                echo "-- $(basename "$l")"
+                grep -E 'ERROR|FATAL|PANIC|WARNING|terminated|rror|-> [45][0-9][0-9]' "$l" | tail -n 20
+            done
         done
-    done
+    fi
+    passed=$((passed + ok)); failed=$((failed + bad))
+}
+tap_results "$scratch/tap.log" "$tap_rc" "$tap"
+
+echo "== reliability suites at reduced scale (test/reliability; full scale: make reliability)"
+rel=$scratch/reliability
+QES_RELIABILITY_DIR=$rel bash "$repo/test/reliability/run.sh" > "$scratch/reliability.out" 2>&1
+rel_rc=$?
+tap_results "$rel/prove.log" "$rel_rc" "$rel"
+grep -E '^COUNTS' "$scratch/reliability.out"
+if bash "$repo/test/reliability/fuzz/run.sh" > "$scratch/fuzz.log" 2>&1; then
+    passed=$((passed + 1)); echo "ok libFuzzer harness: $(grep '^COUNTS' "$scratch/fuzz.log")"
+else
+    failed=$((failed + 1)); echo "FAILED libFuzzer harness"; tail -30 "$scratch/fuzz.log"
 fi
-passed=$((passed + tap_ok)); failed=$((failed + tap_failed))
 
 echo "== bench/ at a tiny size (the scripts still run; figures mean nothing here)"
 if bash "$repo/bench/run-all.sh" --tiny > "$scratch/bench.log" 2>&1; then

@@ -5,15 +5,16 @@
 # vollstaendig (all signed, the archive refused by S3 503s), archiviert,
 # abgebrochen (a signer declined).  The worker of the source is then
 # stopped, the database dumped with pg_dump -Fc and restored into a new
-# cluster twice: A, the plain way (CREATE DATABASE + pg_restore), and B,
-# pg_restore --schema-only then --data-only --disable-triggers.  Checked
-# for each: every qes_sign table has the same rows (counts, and contents),
-# the sequences, verify_audit_chain() ok, every status group intact, the
-# triggers still ENABLE ALWAYS.  Then the worker of the restored cluster,
-# pointed at the restored database (A if complete, else B) with the same
-# double, resumes: the open requests, signed at the double now, complete
-# and are archived, and the vollstaendig ones, whose archiving was
-# pending, are archived; no request is created twice at Skribble.
+# cluster twice: A, in restore mode (PGOPTIONS='-c qes_sign.restore=on'
+# pg_restore --single-transaction): every qes_sign table has the same rows
+# (counts, and contents), the sequences, verify_audit_chain() ok, every
+# status group intact, the triggers still ENABLE ALWAYS; B, a plain
+# pg_restore with restore mode forgotten: it fails loudly, names restore
+# mode, and takes no audit entry in under a new number.  Then the worker
+# of the restored cluster, pointed at A with the same double, resumes: the
+# open requests, signed at the double now, complete and are archived, and
+# the vollstaendig ones, whose archiving was pending, are archived; no
+# request is created twice at Skribble.
 # Scale: QES_SCALE=full 20 requests per status, otherwise 2.
 use strict;
 use warnings;
@@ -143,27 +144,33 @@ sub restored_ok
 	return $same;
 }
 
-# A: the plain way, CREATE DATABASE + pg_restore
+# A: pg_restore in restore mode, in one transaction (the README's way)
 $dst->safe_psql('postgres', 'CREATE DATABASE restored');
 my ($rout, $rerr) = ('', '');
-my $ok_a = IPC::Run::run([ 'pg_restore', '-d', $dst->connstr('restored'), $dump ], '>', \$rout, '2>', \$rerr);
-ok($ok_a, 'A: pg_restore into a new database of a new cluster, without errors') or diag($rerr);
-my $same_a = restored_ok('restored', 'A (pg_restore)');
+my $ok_a;
+{
+	local $ENV{PGOPTIONS} = '-c qes_sign.restore=on';
+	$ok_a = IPC::Run::run([ 'pg_restore', '--single-transaction', '--exit-on-error', '-d', $dst->connstr('restored'), $dump ],
+		'>', \$rout, '2>', \$rerr);
+}
+ok($ok_a, "A: PGOPTIONS='-c qes_sign.restore=on' pg_restore --single-transaction, without errors") or diag($rerr);
+my $same_a = restored_ok('restored', 'A (restore mode)');
+is($dst->safe_psql('restored', 'SHOW qes_sign.restore'), 'off', 'A: restore mode ends with the restoring session');
 
-# B: schema, then data with --disable-triggers (the way around the
-# ENABLE ALWAYS triggers, if A fails)
+# B: a plain pg_restore, restore mode forgotten: it must fail loudly and
+# name the way, never renumber the trail or admit a request in the wrong status
 $dst->safe_psql('postgres', 'CREATE DATABASE restored_b');
 ($rout, $rerr) = ('', '');
-my $ok_b = IPC::Run::run([ 'pg_restore', '--schema-only', '-d', $dst->connstr('restored_b'), $dump ], '>', \$rout, '2>', \$rerr)
-  && IPC::Run::run([ 'pg_restore', '--data-only', '--disable-triggers', '-d', $dst->connstr('restored_b'), $dump ],
-	'>', \$rout, '2>', \$rerr);
-ok($ok_b, 'B: pg_restore --schema-only, then --data-only --disable-triggers, without errors') or diag($rerr);
-my $same_b = restored_ok('restored_b', 'B (--disable-triggers)');
+my $ok_b = IPC::Run::run([ 'pg_restore', '-d', $dst->connstr('restored_b'), $dump ], '>', \$rout, '2>', \$rerr);
+ok(!$ok_b, 'B: a plain pg_restore (restore mode forgotten) reports errors');
+like($rerr, qr/audit entry \d+ comes from an existing trail/, 'B: the audit entries are refused, not renumbered');
+like($rerr, qr/a new signature request must start in status "offen"/, 'B: requests past offen are refused');
+like($rerr, qr/PGOPTIONS='-c qes_sign.restore=on'/, 'B: the error names restore mode');
+is($dst->safe_psql('restored_b', 'SELECT count(*) FROM qes_sign.audit_log'), '0', 'B: no audit entry taken in under a new number');
 my $restore_s = time - $td;
 
-# ---- the restored cluster's worker takes over a restored database (A if
-# its rows are all there, else B)
-my $db = $same_a ? 'restored' : 'restored_b';
+# ---- the restored cluster's worker takes over database A
+my $db = 'restored';
 note("the worker resumes database $db");
 s3_ctl($s3, 'faults', {});
 $dst->append_conf('postgresql.conf', "qes_sign.database = '$db'\n");
@@ -185,8 +192,15 @@ for my $n ($src, $dst)
 	unlike(PostgreSQL::Test::Utils::slurp_file($n->logfile), qr/terminated by signal|PANIC/, $n->name . ': no crash');
 }
 
-note(sprintf('COUNTS r05_backup_restore: scale=%s requests=%d per_status=%d tables=[%s] dump_bytes=%d '
-	  . 'restore_A=%s restore_B=%s resumed_db=%s restore+checks=%.1fs elapsed=%.0fs',
-	$full ? 'full' : 'reduced', scalar(@all), $per, $src_counts, -s $dump,
-	$same_a ? 'complete' : 'rows lost', $same_b ? 'complete' : 'rows lost', $db, $restore_s, time - $t0));
+my $by = double_stats($d)->{creates_by_custom} // {};
+my $max = 0;
+for (@all) { $max = $by->{$_} if ($by->{$_} // 0) > $max; }
+my $crashes = grep { PostgreSQL::Test::Utils::slurp_file($_->logfile) =~ /terminated by signal|PANIC/ } ($src, $dst);
+my $kept = $dst->safe_psql($db, 'SELECT count(*) FROM qes_sign.signatur_anfragen WHERE id IN (' . list(@all) . ')');
+note(sprintf('COUNTS r05_backup_restore: scale=%s requests=%d per_status=%d archived=%d lost=%d '
+	  . 'created_at_skribble_max_per_request=%d server_crashes=%d tables=[%s] dump_bytes=%d '
+	  . 'restore_mode=%s plain_restore=%s restore+checks=%.1fs elapsed=%.0fs',
+	$full ? 'full' : 'reduced', scalar(@all), $per, status_count($dst, $db, \@all, 'archiviert'), @all - $kept,
+	$max, $crashes, $src_counts, -s $dump,
+	$same_a ? 'complete' : 'rows lost', $ok_b ? 'accepted' : 'refused', $restore_s, time - $t0));
 done_testing();
