@@ -146,6 +146,17 @@ CREATE UNIQUE INDEX work_items_one_pending ON work_items (request_id, kind)
 CREATE INDEX work_items_due ON work_items (due_at) WHERE state = 'pending';
 COMMENT ON TABLE work_items IS 'Queue of the background worker (logged; claimed with FOR UPDATE SKIP LOCKED)';
 
+-- where the worker last ran: another cluster (a restored dump, a clone) or
+-- timeline (a promotion, point-in-time recovery) means this copy may not
+-- know every create the worker sent (see _worker_started)
+CREATE TABLE worker_home (
+    singleton          boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    system_identifier  bigint NOT NULL,
+    timeline           int NOT NULL,
+    since              timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE worker_home IS 'The cluster and timeline the worker last ran on';
+
 CREATE TABLE callback_inbox (
     id                   bigserial PRIMARY KEY,
     request_id           uuid,                -- NULL for a webhook that names none
@@ -1753,18 +1764,39 @@ $$;
 
 -- _worker_started: a (re)started worker takes back what its predecessor had
 -- leased; a create in flight then is looked up before it is sent again.
--- After a promotion the old primary may have posted creates whose "posted"
--- mark never reached this server: every create not yet answered is looked
--- up first.
+-- After a promotion, or on another cluster or timeline than the worker ran
+-- on before (a restored dump or backup, point-in-time recovery), creates
+-- may have been sent whose "posted" mark this copy never got: every create
+-- not yet answered is looked up first.
 CREATE FUNCTION _worker_started(promoted boolean DEFAULT false) RETURNS bigint
 LANGUAGE plpgsql SET search_path = pg_catalog, qes_sign AS $$
 DECLARE
     n bigint;
+    home worker_home;
+    here worker_home;
+    moved boolean;
 BEGIN
-    IF promoted THEN
+    -- the timeline from the name of the current WAL segment (its first 8 hex digits)
+    SELECT true, s.system_identifier,
+           ('x' || substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8))::bit(32)::int, clock()
+      INTO here FROM pg_control_system() s;
+    SELECT * INTO home FROM worker_home;
+    moved := FOUND AND (home.system_identifier, home.timeline) IS DISTINCT FROM (here.system_identifier, here.timeline);
+    IF promoted OR moved THEN
         UPDATE work_items SET payload = payload || jsonb_build_object('posted', clock())
          WHERE kind = 'submit' AND state = 'pending' AND NOT payload ? 'posted';
+        GET DIAGNOSTICS n = ROW_COUNT;
+        IF n > 0 THEN
+            RAISE LOG 'qes_sign: % creates not yet answered will be looked up at Skribble before they are sent: '
+                      'this database may not know every create sent from where it ran before (%)', n,
+                      CASE WHEN promoted THEN 'a promotion' WHEN home.system_identifier <> here.system_identifier
+                           THEN 'another cluster' ELSE 'another timeline' END;
+        END IF;
     END IF;
+    INSERT INTO worker_home VALUES (here.*) ON CONFLICT (singleton) DO UPDATE
+       SET system_identifier = excluded.system_identifier, timeline = excluded.timeline, since = excluded.since
+     WHERE (worker_home.system_identifier, worker_home.timeline)
+           IS DISTINCT FROM (excluded.system_identifier, excluded.timeline);
     UPDATE work_items SET leased_until = NULL WHERE state = 'pending' AND leased_until IS NOT NULL;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
@@ -1907,3 +1939,4 @@ SELECT pg_catalog.pg_extension_config_dump('archive_objects', '');
 SELECT pg_catalog.pg_extension_config_dump('archive_staging', '');
 SELECT pg_catalog.pg_extension_config_dump('audit_log', '');
 SELECT pg_catalog.pg_extension_config_dump('audit_head', '');
+SELECT pg_catalog.pg_extension_config_dump('worker_home', '');

@@ -224,6 +224,16 @@ SELECT regress.request(regress.uuid(311));
 SELECT qes_sign._worker_started(true);
 SELECT kind, payload ? 'posted' AS looked_up_first FROM qes_sign.work_items WHERE request_id = regress.uuid(311);
 UPDATE qes_sign.work_items SET state = 'done' WHERE request_id = regress.uuid(311);
+--     the same on another cluster or timeline than the worker last ran on
+--     (a restored dump or backup, point-in-time recovery); on the same, not
+SELECT regress.request(regress.uuid(312));
+UPDATE qes_sign.worker_home SET timeline = timeline + 1;
+SELECT qes_sign._worker_started() >= 0 AS started;
+SELECT regress.request(regress.uuid(313));
+SELECT qes_sign._worker_started() >= 0 AS started;
+SELECT request_id = regress.uuid(312) AS moved_before, payload ? 'posted' AS looked_up_first
+  FROM qes_sign.work_items WHERE request_id IN (regress.uuid(312), regress.uuid(313)) ORDER BY 1 DESC;
+UPDATE qes_sign.work_items SET state = 'done' WHERE request_id IN (regress.uuid(312), regress.uuid(313));
 
 -- operators see the last error per request
 SELECT request_id = regress.uuid(303) AS given_up, kind, attempts, last_error

@@ -14,7 +14,9 @@
 # of the restored cluster, pointed at A with the same double, resumes: the
 # open requests, signed at the double now, complete and are archived, and
 # the vollstaendig ones, whose archiving was pending, are archived; no
-# request is created twice at Skribble.
+# request is created twice at Skribble -- also not the one the source sent
+# only after the dump: on another cluster the worker looks up every create
+# not yet answered by custom first.
 # Scale: QES_SCALE=full 20 requests per status, otherwise 2.
 use strict;
 use warnings;
@@ -98,6 +100,9 @@ for my $s (@statuses)
 {
 	is(status_count($src, 'postgres', $ids{$s}, $s), $per, "source: the $s group is $s");
 }
+# one more request, created while the worker is stopped: in the dump it is
+# not yet sent; the source sends it after the dump (below)
+my ($late) = create_requests($src, 1);
 is($src->safe_psql('postgres', 'SELECT ok FROM qes_sign.verify_audit_chain()'), 't', 'source: audit chain ok');
 
 my $fp_sql = q{
@@ -119,6 +124,14 @@ my $src_seqs   = $src->safe_psql('postgres', q{SELECT string_agg(sequencename ||
 # ---- dump and restore into a new cluster
 my $dump = "$PostgreSQL::Test::Utils::tmp_check/r05.dump";
 command_ok([ 'pg_dump', '-Fc', '-d', $src->connstr('postgres'), '-f', $dump ], 'pg_dump -Fc of the source');
+# the source goes on after the dump: its worker sends the late request,
+# which the restored copy does not know was sent
+$src->append_conf('postgresql.conf', "qes_sign.database = 'postgres'\n");
+$src->restart;
+ok(wait_db($src, 'postgres', "SELECT count(*) FROM qes_sign.signatur_anfragen WHERE skribble_id IS NOT NULL AND id = '$late'",
+	'1', 30), 'source: after the dump, the late request is sent to Skribble');
+$src->append_conf('postgresql.conf', "qes_sign.database = ''\n");
+$src->restart;
 my $td = time;
 my $dst = qes_node('r05dst', double => $d, s3 => $s3,
 	conf => { 'qes_sign.reconcile_interval' => "'2s'", 'qes_sign.retry_max_delay' => "'1s'" });
@@ -186,7 +199,11 @@ ok(wait_db($dst, $db, "SELECT count(*) FROM qes_sign.signatur_anfragen WHERE sta
 is(status_count($dst, $db, $ids{in_signatur}, 'in_signatur'), $per, "$db: in_signatur untouched");
 is(status_count($dst, $db, $ids{abgebrochen}, 'abgebrochen'), $per, "$db: abgebrochen untouched");
 is($dst->safe_psql($db, 'SELECT ok FROM qes_sign.verify_audit_chain()'), 't', "$db: audit chain ok after the worker ran");
-creates_once_ok($d, \@all, 'each request created exactly once at Skribble (no re-submit after the restore)');
+ok(wait_db($dst, $db, "SELECT count(*) FROM qes_sign.signatur_anfragen WHERE skribble_id IS NOT NULL AND id = '$late'", '1', 30),
+	"$db: the late request reaches Skribble");
+is($dst->safe_psql($db, "SELECT count(*) FROM qes_sign.audit_log WHERE event = 'create_recovered' AND request_id = '$late'"), '1',
+	"$db: on another cluster the worker looked it up by custom first and found the source's create");
+creates_once_ok($d, [ @all, $late ], 'each request created exactly once at Skribble (no re-submit after the restore)');
 for my $n ($src, $dst)
 {
 	unlike(PostgreSQL::Test::Utils::slurp_file($n->logfile), qr/terminated by signal|PANIC/, $n->name . ': no crash');
@@ -194,13 +211,13 @@ for my $n ($src, $dst)
 
 my $by = double_stats($d)->{creates_by_custom} // {};
 my $max = 0;
-for (@all) { $max = $by->{$_} if ($by->{$_} // 0) > $max; }
+for (@all, $late) { $max = $by->{$_} if ($by->{$_} // 0) > $max; }
 my $crashes = grep { PostgreSQL::Test::Utils::slurp_file($_->logfile) =~ /terminated by signal|PANIC/ } ($src, $dst);
 my $kept = $dst->safe_psql($db, 'SELECT count(*) FROM qes_sign.signatur_anfragen WHERE id IN (' . list(@all) . ')');
 note(sprintf('COUNTS r05_backup_restore: scale=%s requests=%d per_status=%d archived=%d lost=%d '
 	  . 'created_at_skribble_max_per_request=%d server_crashes=%d tables=[%s] dump_bytes=%d '
 	  . 'restore_mode=%s plain_restore=%s restore+checks=%.1fs elapsed=%.0fs',
-	$full ? 'full' : 'reduced', scalar(@all), $per, status_count($dst, $db, \@all, 'archiviert'), @all - $kept,
+	$full ? 'full' : 'reduced', scalar(@all) + 1, $per, status_count($dst, $db, \@all, 'archiviert'), @all - $kept,
 	$max, $crashes, $src_counts, -s $dump,
 	$same_a ? 'complete' : 'rows lost', $ok_b ? 'accepted' : 'refused', $restore_s, time - $t0));
 done_testing();
