@@ -1425,6 +1425,7 @@ DECLARE
     sr text;
     old_sid text;
     n signers;
+    search_from timestamptz;
 BEGIN
     SELECT * INTO r FROM signatur_anfragen WHERE id = w.request_id;
     sr := '/signature-requests/' || _url_escape(coalesce(r.skribble_id, ''));
@@ -1434,8 +1435,9 @@ BEGIN
             -- a create whose outcome is unknown: look for it before sending
             -- again, but only once Skribble has had the time a call may take
             -- to store it (a search that comes first finds nothing)
-            IF clock() < _search_from(w.payload) THEN
-                UPDATE work_items SET due_at = _search_from(w.payload), leased_until = NULL,
+            search_from := _search_from(w.payload);
+            IF clock() < search_from THEN
+                UPDATE work_items SET due_at = search_from, leased_until = NULL,
                        attempts = attempts - 1
                  WHERE id = w.id;
                 RETURN NULL;

@@ -26,7 +26,7 @@ use Test::More;
 
 our @EXPORT = qw(scenario start_double start_relay stop_child qes_node ctl ctl_get ctl_post
   double_stats create_requests submitted_ok all_status_ok sign_all signer_action wait_until
-  query_list ops events worker_pid creates_once_ok test_pdf
+  query_list in_list ops events worker_pid creates_once_ok test_pdf
   start_s3 stop_s3 restart_s3 s3_check s3_log s3_ctl complete_requests);
 
 my $repo = abs_path(dirname(__FILE__) . '/../..');
@@ -257,6 +257,7 @@ sub create_requests
 	return split /\n/, $out;
 }
 
+# in_list(values): a quoted, comma-separated SQL list
 sub in_list { return join(', ', map { "'$_'" } @_); }
 
 # wait_until(node, sql, expected = 't', timeout = 60): polls every 0.2 s; true once sql gives expected.

@@ -17,19 +17,7 @@
 
 const http = require('node:http');
 const { Pool } = require('pg');
-
-function parseArgs(argv) {
-  const opt = { port: 0, db: null, pool: 8, verbose: false };
-  for (let i = 0; i < argv.length; i++) {
-    const m = /^--([a-z]+)(?:=(.*))?$/.exec(argv[i]);
-    if (!m || !(m[1] in opt)) throw new Error(`unknown argument ${argv[i]}`);
-    if (m[1] === 'verbose') opt.verbose = true;
-    else opt[m[1]] = m[2] !== undefined ? m[2] : argv[++i];
-  }
-  opt.port = Number(opt.port);
-  opt.pool = Number(opt.pool);
-  return opt;
-}
+const { parseArgs } = require('../lib/args');
 
 /* poolConfig: a postgres:// URL as is; a libpq "key=value ..." string mapped to pg's options. */
 function poolConfig(db) {
@@ -44,7 +32,9 @@ function poolConfig(db) {
   return cfg;
 }
 
-const opt = parseArgs(process.argv.slice(2));
+const opt = parseArgs(process.argv.slice(2), { port: 0, db: null, pool: 8 });
+opt.port = Number(opt.port);
+opt.pool = Number(opt.pool);
 const log = opt.verbose ? (...a) => console.error(new Date().toISOString(), 'relay:', ...a) : () => {};
 const pool = new Pool(Object.assign(
   { max: opt.pool, application_name: 'qes_sign relay', idleTimeoutMillis: 10000 }, poolConfig(opt.db)));

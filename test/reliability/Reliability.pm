@@ -16,9 +16,12 @@ use QesTest;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use JSON::PP ();
+use Cwd ();
+use File::Basename ();
+use PostgreSQL::Test::Cluster;
 
-our @EXPORT = qw(full scaled rpsql rcreate rsign count_where in_list new_uuid
-  start_killer finish_killer log_deaths counts_line bucket_check status_counts);
+our @EXPORT = qw(full scaled rpsql rcreate rsign count_where new_uuid rnode sign_in_batches fixture_node
+  creates_per_request start_killer finish_killer log_deaths counts_line bucket_check status_counts);
 
 # full(): true with QES_SCALE=full (the issue's numbers); else the reduced scale.
 sub full { return (($ENV{QES_SCALE} // '') eq 'full') ? 1 : 0; }
@@ -26,7 +29,6 @@ sub full { return (($ENV{QES_SCALE} // '') eq 'full') ? 1 : 0; }
 # scaled(full_value, reduced_value)
 sub scaled { return full() ? $_[0] : $_[1]; }
 
-sub in_list { return join(', ', map { "'$_'" } @_); }
 
 sub new_uuid
 {
@@ -232,6 +234,68 @@ sub bucket_check
 	return {
 		verified => scalar(keys %db), bucket => scalar(keys %bucket), missing => \@missing,
 		stray => \@stray, half => \@half, incomplete => $incomplete };
+}
+
+# rnode(name, double, s3, [conf => {...}], qes_node options...): a cluster
+# with the worker as the suites want it: reconciliation every 5 s, retries
+# at most 2 s apart, connections for the test's own sessions; conf adds to
+# that or overrides it.
+sub rnode
+{
+	my ($name, $d, $s3, %o) = @_;
+	my $conf = delete $o{conf} // {};
+	return qes_node($name, double => $d, s3 => $s3, %o,
+		conf => { 'qes_sign.reconcile_interval' => "'5s'", 'qes_sign.retry_max_delay' => "'2s'",
+			max_connections => 60, %$conf });
+}
+
+# fixture_node(name): a cluster with the regress settings (test/qes_sign.conf:
+# no worker, no Skribble) and the shared fixtures of fixtures.sql (schema rt)
+sub fixture_node
+{
+	my ($name) = @_;
+	my $here = File::Basename::dirname(Cwd::abs_path(__FILE__));
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init;
+	$node->append_conf('postgresql.conf', slurp_file("$here/../qes_sign.conf") . "\nmax_connections = 20\n");
+	$node->start;
+	$node->safe_psql('postgres', slurp_file("$here/fixtures.sql"));
+	return $node;
+}
+
+# sign_in_batches(node, double, n, prefix, timeout, [before]): creates n
+# requests in batches (50; reduced 20), waits until each batch is submitted
+# (up to timeout seconds) and lets all signers sign it; before->(ids so
+# far) runs before each batch.  Returns (ids, number of batches); dies if
+# a batch is not submitted or a signature is refused.
+sub sign_in_batches
+{
+	my ($node, $d, $n, $prefix, $timeout, $before) = @_;
+	my (@ids, $batches);
+	$batches = 0;
+	while (@ids < $n)
+	{
+		$before->(\@ids) if $before;
+		my @b = rcreate($node, scaled(50, 20), "$prefix-" . $batches++, 50);
+		push @ids, @b;
+		wait_until($node, "SELECT count(*) FROM qes_sign.signatur_anfragen WHERE skribble_id IS NOT NULL AND id IN ("
+			  . in_list(@b) . ')', scalar(@b), $timeout)
+		  or die "batch not submitted: " . status_counts($node, \@b) . "\n";
+		my $refused = rsign($d, $node, \@b);
+		die "$refused signatures refused\n" if $refused;
+	}
+	return (\@ids, $batches);
+}
+
+# creates_per_request(double, ids): the most creates the double counted for
+# one of the requests, and how many requests were not created exactly once
+sub creates_per_request
+{
+	my ($d, $ids) = @_;
+	my $by = double_stats($d)->{creates_by_custom} // {};
+	my $max = 0;
+	for (@$ids) { $max = $by->{$_} if ($by->{$_} // 0) > $max; }
+	return ($max, scalar(grep { ($by->{$_} // 0) != 1 } @$ids));
 }
 
 # counts_line(suite, [key => value]...): the summary line, printed as a note and returned.

@@ -24,9 +24,7 @@ note("r01: $n requests, $kills kills of the worker, gaps ${gmin}-${gmax} s, seed
 
 my $d    = start_double();
 my $s3   = start_s3();
-my $node = qes_node('r01', double => $d, s3 => $s3,
-	conf => { 'qes_sign.reconcile_interval' => "'5s'", 'qes_sign.retry_max_delay' => "'2s'",
-		max_connections => 60 });
+my $node = rnode('r01', $d, $s3);
 ctl_post($d, 'latency', { ms => 0 + ($ENV{QES_R01_LATENCY_MS} // 10) });    # keep calls in flight when a kill lands
 
 my $t0 = time;
@@ -34,18 +32,8 @@ my $kfile = "$PostgreSQL::Test::Utils::tmp_check/r01_kills.txt";
 my $killer = start_killer($node, $kills, $gmin, $gmax, $kfile);
 
 # batches of 50: create, wait until submitted, sign; the kills land in all phases
-my @ids;
-my $batches = 0;
-while (@ids < $n)
-{
-	my @b = rcreate($node, scaled(50, 20), 'R01-' . $batches++, 50);
-	push @ids, @b;
-	my $bl = in_list(@b);
-	wait_until($node, "SELECT count(*) FROM qes_sign.signatur_anfragen WHERE skribble_id IS NOT NULL AND id IN ($bl)",
-		scalar(@b), 120) or die "batch not submitted\n";
-	my $refused = rsign($d, $node, \@b);
-	die "$refused signatures refused\n" if $refused;
-}
+my ($idr, $batches) = sign_in_batches($node, $d, $n, 'R01', 120);
+my @ids = @$idr;
 is(scalar(@ids), $n, "$n requests created, submitted and signed in $batches batches");
 my $list = in_list(@ids);
 note(sprintf('all signed after %.1f s', time - $t0));
@@ -67,10 +55,7 @@ ok(wait_until($node, "SELECT count(*) FROM qes_sign.signatur_anfragen WHERE stat
 ok(wait_until($node, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'qes_sign worker'", '1', 30),
 	'a worker runs after the last kill');
 
-my $by = double_stats($d)->{creates_by_custom} // {};
-my $max = 0;
-for (@ids) { $max = $by->{$_} if ($by->{$_} // 0) > $max; }
-my $missing = grep { ($by->{$_} // 0) != 1 } @ids;
+my ($max, $missing) = creates_per_request($d, \@ids);
 creates_once_ok($d, \@ids, "each of the $n created exactly once at Skribble");
 is(rpsql($node, 'SELECT ok FROM qes_sign.verify_audit_chain()'), 't', 'audit chain intact');
 my $recovered = rpsql($node, "SELECT count(*) FROM qes_sign.audit_log WHERE event = 'create_recovered' AND request_id IN ($list)");

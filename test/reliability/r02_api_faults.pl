@@ -24,29 +24,19 @@ note("r02: $n requests, faults " . join(' ', map { "$_=$faults{$_}" } sort keys 
 
 my $d    = start_double();
 my $s3   = start_s3();
-my $node = qes_node('r02', double => $d, s3 => $s3,
-	conf => { 'qes_sign.reconcile_interval' => "'5s'", 'qes_sign.retry_max_delay' => "'2s'",
-		max_connections => 60 });
+my $node = rnode('r02', $d, $s3);
 
 my $t0 = time;
 ctl_post($d, 'faults', \%faults);
-my (@ids, $batches);
-$batches = 0;
-while (@ids < $n)
-{
-	if (@ids >= $n / 2 && $faults{error_status} == 503)
+my ($idr, $batches) = sign_in_batches($node, $d, $n, 'R02', 180, sub {
+	my ($so_far) = @_;
+	if (@$so_far >= $n / 2 && $faults{error_status} == 503)
 	{    # the second half sees 500s instead of 503s
 		$faults{error_status} = 500;
 		ctl_post($d, 'faults', \%faults);
 	}
-	my @b = rcreate($node, scaled(50, 20), 'R02-' . $batches++, 50);
-	push @ids, @b;
-	my $bl = in_list(@b);
-	wait_until($node, "SELECT count(*) FROM qes_sign.signatur_anfragen WHERE skribble_id IS NOT NULL AND id IN ($bl)",
-		scalar(@b), 180) or die "batch not submitted: " . status_counts($node, \@b) . "\n";
-	my $refused = rsign($d, $node, \@b);
-	die "$refused signatures refused\n" if $refused;
-}
+});
+my @ids = @$idr;
 is(scalar(@ids), $n, "$n requests created, submitted and signed in $batches batches through faults");
 my $list = in_list(@ids);
 note(sprintf('all signed after %.1f s', time - $t0));
@@ -66,10 +56,7 @@ cmp_ok($fi->{$_}, '>', 0, "faults injected: $_ ($fi->{$_})") for qw(error rate_l
 my $rate = $injected / ($st->{total_calls} || 1);
 ok($rate > 0.15 && $rate < 0.27, sprintf('about 20 %% of the calls failed (%.1f %%)', 100 * $rate));
 
-my $by = $st->{creates_by_custom} // {};
-my $max = 0;
-for (@ids) { $max = $by->{$_} if ($by->{$_} // 0) > $max; }
-my $missing = grep { ($by->{$_} // 0) != 1 } @ids;
+my ($max, $missing) = creates_per_request($d, \@ids);
 creates_once_ok($d, \@ids, "each of the $n created exactly once at Skribble");
 my $recovered = rpsql($node, "SELECT count(*) FROM qes_sign.audit_log WHERE event = 'create_recovered' AND request_id IN ($list)");
 note("creates recovered through custom: $recovered (connections dropped after a stored create: $fi->{drop_after_create})");

@@ -21,9 +21,7 @@ note("r03: $n requests, S3 down for $outage s");
 
 my $d    = start_double();
 my $s3   = start_s3();
-my $node = qes_node('r03', double => $d, s3 => $s3,
-	conf => { 'qes_sign.reconcile_interval' => "'5s'", 'qes_sign.retry_max_delay' => "'2s'",
-		max_connections => 60 });
+my $node = rnode('r03', $d, $s3);
 my $t0 = time;
 my @ids = rcreate($node, $n, 'R03', 50);
 my $list = in_list(@ids);
@@ -105,9 +103,7 @@ my ($deaths, $reinit, $panic) = log_deaths($node);
 is(scalar(@$deaths) + $panic, 0, 'no process terminated by a signal, no PANIC');
 
 my $archived = count_where($node, "status = 'archiviert' AND id IN ($list)");
-my $by = double_stats($d)->{creates_by_custom} // {};
-my $max = 0;
-for (@ids) { $max = $by->{$_} if ($by->{$_} // 0) > $max; }
+my ($max) = creates_per_request($d, \@ids);
 counts_line('r03_s3_outage',
 	requests => $n,
 	archived => $archived,

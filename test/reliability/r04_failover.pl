@@ -24,9 +24,7 @@ note("r04: $n requests, " . ($sync ? 'synchronous' : 'asynchronous') . ' streami
 
 my $d  = start_double();
 my $s3 = start_s3();
-my $primary = qes_node('primary', double => $d, s3 => $s3, streaming => 1,
-	conf => { 'qes_sign.reconcile_interval' => "'5s'", 'qes_sign.retry_max_delay' => "'2s'",
-		max_connections => 60 });
+my $primary = rnode('primary', $d, $s3, streaming => 1);
 $primary->backup('base');
 my $standby = PostgreSQL::Test::Cluster->new('standby');
 $standby->init_from_backup($primary, 'base', has_streaming => 1);
@@ -105,11 +103,9 @@ ok(wait_until($standby, "SELECT count(*) FROM qes_sign.signatur_anfragen WHERE s
   or diag('status: ' . status_counts($standby, \@ids));
 note(sprintf('all archiviert %.1f s after the promotion', time - $t_prom));
 
+my ($max, $missing) = creates_per_request($d, \@ids);
 my $by = double_stats($d)->{creates_by_custom} // {};
-my $max = 0;
-for (@ids) { $max = $by->{$_} if ($by->{$_} // 0) > $max; }
 my @twice = grep { ($by->{$_} // 0) > 1 } @ids;
-my $missing = grep { ($by->{$_} // 0) != 1 } @ids;
 creates_once_ok($d, \@ids, "each of the $n created exactly once at Skribble across the failover");
 if (@twice)
 {

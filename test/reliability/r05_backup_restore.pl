@@ -21,15 +21,15 @@
 use strict;
 use warnings;
 use FindBin;
-use lib "$FindBin::RealBin/../perl";
+use lib "$FindBin::RealBin/../perl", $FindBin::RealBin;
 use QesTest;
+use Reliability;
 use Time::HiRes qw(time);
 use PostgreSQL::Test::Utils;
 use Test::More;
 
 my $t0 = time;
-my $full = ($ENV{QES_SCALE} // '') eq 'full';
-my $per = $full ? 20 : 2;
+my $per = scaled(20, 2);
 my @statuses = qw(offen in_signatur vollstaendig archiviert abgebrochen);
 
 my $d   = start_double();
@@ -37,12 +37,11 @@ my $s3  = start_s3();
 my $src = qes_node('r05src', double => $d, s3 => $s3, conf => { 'qes_sign.retry_max_delay' => "'1s'" });
 my (%ids, @all);
 
-sub list { return join(', ', map { "'$_'" } @_); }
 sub status_count
 {
 	my ($node, $db, $ids, $status) = @_;
 	return $node->safe_psql($db, "SELECT count(*) FROM qes_sign.signatur_anfragen WHERE status = '$status' AND id IN ("
-		  . list(@$ids) . ')');
+		  . in_list(@$ids) . ')');
 }
 sub wait_db
 {
@@ -67,7 +66,7 @@ sub sign_at_double
 	for my $row (split /\n/, $node->safe_psql($db, qq{
 		SELECT a.skribble_id || '|' || s.email FROM qes_sign.signatur_anfragen a
 		  JOIN qes_sign.signers s ON s.request_id = a.id AND s.status <> 'replaced'
-		 WHERE a.id IN (} . list(@$ids) . ') ' . ($only ? "AND s.email = '$only'" : '') . ' ORDER BY a.id, s.position'))
+		 WHERE a.id IN (} . in_list(@$ids) . ') ' . ($only ? "AND s.email = '$only'" : '') . ' ORDER BY a.id, s.position'))
 	{
 		my ($sr, $email) = split /\|/, $row;
 		$bad++ unless signer_action($d, $sr, $email, $action) == 200;
@@ -85,13 +84,13 @@ is(sign_at_double($src, 'postgres', $ids{archiviert}, 'sign'), 0, 'archiviert gr
 for my $s (qw(in_signatur abgebrochen archiviert))
 {
 	ok(wait_db($src, 'postgres', "SELECT count(*) FROM qes_sign.signatur_anfragen WHERE status = '$s' AND id IN ("
-		  . list(@{ $ids{$s} }) . ')', $per), "source: $per requests $s");
+		  . in_list(@{ $ids{$s} }) . ')', $per), "source: $per requests $s");
 }
 # S3 refuses every upload from now on: the vollstaendig group stays there
 s3_ctl($s3, 'faults', { status => 503, methods => ['PUT'] });
 is(sign_at_double($src, 'postgres', $ids{vollstaendig}, 'sign'), 0, 'vollstaendig group: all sign (S3 refuses uploads)');
 ok(wait_db($src, 'postgres', "SELECT count(*) FROM qes_sign.signatur_anfragen WHERE status = 'vollstaendig' AND id IN ("
-	  . list(@{ $ids{vollstaendig} }) . ')', $per), "source: $per requests vollstaendig");
+	  . in_list(@{ $ids{vollstaendig} }) . ')', $per), "source: $per requests vollstaendig");
 # the worker of the source stops (a restart without qes_sign.database)
 $src->append_conf('postgresql.conf', "qes_sign.database = ''\n");
 $src->restart;
@@ -105,21 +104,16 @@ for my $s (@statuses)
 my ($late) = create_requests($src, 1);
 is($src->safe_psql('postgres', 'SELECT ok FROM qes_sign.verify_audit_chain()'), 't', 'source: audit chain ok');
 
-my $fp_sql = q{
-	SELECT string_agg(format('%s=%s:%s', c.relname,
-	         (xpath('/row/n/text()', query_to_xml(format('SELECT count(*) AS n FROM qes_sign.%I', c.relname), false, true, '')))[1]::text,
-	         (xpath('/row/m/text()', query_to_xml(format('SELECT md5(coalesce(string_agg(x::text, E''\n'' ORDER BY x::text), '''')) AS m FROM qes_sign.%I x', c.relname), false, true, '')))[1]::text),
-	       ' ' ORDER BY c.relname)
-	  FROM pg_class c WHERE c.relnamespace = 'qes_sign'::regnamespace AND c.relkind = 'r'};
-my $counts_sql = q{
-	SELECT string_agg(format('%s=%s', c.relname,
-	         (xpath('/row/n/text()', query_to_xml(format('SELECT count(*) AS n FROM qes_sign.%I', c.relname), false, true, '')))[1]::text),
-	       ' ' ORDER BY c.relname)
-	  FROM pg_class c WHERE c.relnamespace = 'qes_sign'::regnamespace AND c.relkind = 'r'};
+# the tables' fingerprint (rt.fingerprint, shared with r06 and r07): loaded
+# into the source, so the dump brings it along into the restored copies
+$src->safe_psql('postgres', slurp_file("$FindBin::RealBin/fixtures.sql"));
+my $fp_sql = q{SELECT string_agg(format('%s=%s:%s', tbl, n, digest), ' ' ORDER BY tbl) FROM rt.fingerprint()};
+my $counts_sql = q{SELECT string_agg(format('%s=%s', tbl, n), ' ' ORDER BY tbl) FROM rt.fingerprint()};
+my $seqs_sql = q{SELECT string_agg(sequencename || '=' || coalesce(last_value, 0), ' ' ORDER BY 1)
+	FROM pg_sequences WHERE schemaname = 'qes_sign'};
 my $src_counts = $src->safe_psql('postgres', $counts_sql);
 my $src_fp     = $src->safe_psql('postgres', $fp_sql);
-my $src_seqs   = $src->safe_psql('postgres', q{SELECT string_agg(sequencename || '=' || coalesce(last_value, 0), ' ' ORDER BY 1)
-	FROM pg_sequences WHERE schemaname = 'qes_sign'});
+my $src_seqs   = $src->safe_psql('postgres', $seqs_sql);
 
 # ---- dump and restore into a new cluster
 my $dump = "$PostgreSQL::Test::Utils::tmp_check/r05.dump";
@@ -145,8 +139,7 @@ sub restored_ok
 	my ($db, $how) = @_;
 	my $same = is($dst->safe_psql($db, $counts_sql), $src_counts, "$how: every qes_sign table has the same row counts");
 	is($dst->safe_psql($db, $fp_sql), $src_fp, "$how: every qes_sign table has the same rows (contents)");
-	is($dst->safe_psql($db, q{SELECT string_agg(sequencename || '=' || coalesce(last_value, 0), ' ' ORDER BY 1)
-		FROM pg_sequences WHERE schemaname = 'qes_sign'}), $src_seqs, "$how: the sequences continue where they were");
+	is($dst->safe_psql($db, $seqs_sql), $src_seqs, "$how: the sequences continue where they were");
 	is($dst->safe_psql($db, 'SELECT ok FROM qes_sign.verify_audit_chain()'), 't', "$how: verify_audit_chain() ok")
 	  or diag($dst->safe_psql($db, 'SELECT * FROM qes_sign.verify_audit_chain()'));
 	for my $s (@statuses)
@@ -192,9 +185,9 @@ ok(wait_db($dst, 'postgres', "SELECT count(*) FROM pg_stat_activity WHERE backen
 	"$db: the worker serves the restored database");
 is(sign_at_double($dst, $db, $ids{offen}, 'sign'), 0, 'the open requests are signed at the double');
 ok(wait_db($dst, $db, "SELECT count(*) FROM qes_sign.signatur_anfragen WHERE status IN ('vollstaendig', 'archiviert') AND id IN ("
-	  . list(@{ $ids{offen} }) . ')', $per, 60), "$db: the open requests complete");
+	  . in_list(@{ $ids{offen} }) . ')', $per, 60), "$db: the open requests complete");
 ok(wait_db($dst, $db, "SELECT count(*) FROM qes_sign.signatur_anfragen WHERE status = 'archiviert' AND id IN ("
-	  . list(@{ $ids{offen} }, @{ $ids{vollstaendig} }) . ')', 2 * $per, 60),
+	  . in_list(@{ $ids{offen} }, @{ $ids{vollstaendig} }) . ')', 2 * $per, 60),
 	"$db: they and the pending vollstaendig ones are archived");
 is(status_count($dst, $db, $ids{in_signatur}, 'in_signatur'), $per, "$db: in_signatur untouched");
 is(status_count($dst, $db, $ids{abgebrochen}, 'abgebrochen'), $per, "$db: abgebrochen untouched");
@@ -209,15 +202,13 @@ for my $n ($src, $dst)
 	unlike(PostgreSQL::Test::Utils::slurp_file($n->logfile), qr/terminated by signal|PANIC/, $n->name . ': no crash');
 }
 
-my $by = double_stats($d)->{creates_by_custom} // {};
-my $max = 0;
-for (@all, $late) { $max = $by->{$_} if ($by->{$_} // 0) > $max; }
+my ($max) = creates_per_request($d, [ @all, $late ]);
 my $crashes = grep { PostgreSQL::Test::Utils::slurp_file($_->logfile) =~ /terminated by signal|PANIC/ } ($src, $dst);
-my $kept = $dst->safe_psql($db, 'SELECT count(*) FROM qes_sign.signatur_anfragen WHERE id IN (' . list(@all) . ')');
+my $kept = $dst->safe_psql($db, 'SELECT count(*) FROM qes_sign.signatur_anfragen WHERE id IN (' . in_list(@all) . ')');
 note(sprintf('COUNTS r05_backup_restore: scale=%s requests=%d per_status=%d archived=%d lost=%d '
 	  . 'created_at_skribble_max_per_request=%d server_crashes=%d tables=[%s] dump_bytes=%d '
 	  . 'restore_mode=%s plain_restore=%s restore+checks=%.1fs elapsed=%.0fs',
-	$full ? 'full' : 'reduced', scalar(@all) + 1, $per, status_count($dst, $db, \@all, 'archiviert'), @all - $kept,
+	full() ? 'full' : 'reduced', scalar(@all) + 1, $per, status_count($dst, $db, \@all, 'archiviert'), @all - $kept,
 	$max, $crashes, $src_counts, -s $dump,
 	$same_a ? 'complete' : 'rows lost', $ok_b ? 'accepted' : 'refused', $restore_s, time - $t0));
 done_testing();

@@ -18,27 +18,20 @@
 # Scale: QES_SCALE=full 10,000 inputs, otherwise 1,000.
 use strict;
 use warnings;
-use Cwd qw(abs_path);
-use File::Basename qw(dirname);
 use Time::HiRes qw(time);
 use PostgreSQL::Test::Cluster;
 use FindBin;
+use lib "$FindBin::RealBin/../perl", $FindBin::RealBin;
+use Reliability;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
 my $t0 = time;
-my $full = ($ENV{QES_SCALE} // '') eq 'full';
-my $n = $full ? 10_000 : 1_000;
+my $n = scaled(10_000, 1_000);
 my $seed = $ENV{QES_FUZZ_SEED} // $ENV{QES_SEED} // 0.4242;    # any number; inputs are recorded either way
-my $repo = abs_path(dirname(__FILE__) . '/../..');
-my $node = PostgreSQL::Test::Cluster->new('r06');
-$node->init;
-$node->append_conf('postgresql.conf',
-	PostgreSQL::Test::Utils::slurp_file("$repo/test/qes_sign.conf") . "\nmax_connections = 20\n");
-$node->start;
+my $node = fixture_node('r06');
 
-# rt: the shared fixtures (a small PDF, Skribble SignatureRequests), then this script's own
-$node->safe_psql('postgres', slurp_file("$FindBin::RealBin/fixtures.sql"));
+# rt (fixture_node loaded the shared fixtures): this script's own
 $node->safe_psql('postgres', <<'SQL');
 CREATE EXTENSION qes_sign;
 CREATE EXTENSION pgcrypto;
@@ -486,6 +479,6 @@ my $observed = $q->(q{SELECT count(*) || '/' || count(*) FILTER (WHERE outcome <
 $node->stop;
 note(sprintf('COUNTS r06_bad_input: scale=%s seed=%s inputs=%d mutation_kinds=%d false_accepts=%d wrong_outcomes=%d sqlstates=%s '
 	  . 'non_canonical_signature=%s eq_for_A=%s observed_in_fuzz=%s elapsed=%.0fs; %s',
-	$full ? 'full' : 'reduced', $seed, $total, $mutations, $false_accept, $wrong, $states, $noncanon, $eq_for_a,
+	full() ? 'full' : 'reduced', $seed, $total, $mutations, $false_accept, $wrong, $states, $noncanon, $eq_for_a,
 	$observed, time - $t0, $summary));
 done_testing();

@@ -10,23 +10,17 @@
 # paths is fixed and small).
 use strict;
 use warnings;
-use Cwd qw(abs_path);
-use File::Basename qw(dirname);
 use PostgreSQL::Test::Cluster;
 use FindBin;
+use lib "$FindBin::RealBin/../perl", $FindBin::RealBin;
+use Reliability;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $repo = abs_path(dirname(__FILE__) . '/../..');
-my $node = PostgreSQL::Test::Cluster->new('r07');
-$node->init;
-$node->append_conf('postgresql.conf',
-	PostgreSQL::Test::Utils::slurp_file("$repo/test/qes_sign.conf") . "\nmax_connections = 20\n");
-$node->start;
+my $node = fixture_node('r07');
 
 # fixture: two tenants, a request in every status in each, archive rows
-# rt: the shared fixtures (a small PDF, Skribble SignatureRequests), then this script's own
-$node->safe_psql('postgres', slurp_file("$FindBin::RealBin/fixtures.sql"));
+# rt (fixture_node loaded the shared fixtures): this script's own
 $node->safe_psql('postgres', <<'SQL');
 CREATE EXTENSION qes_sign;
 GRANT USAGE ON SCHEMA rt TO PUBLIC;

@@ -44,23 +44,14 @@ const crypto = require('node:crypto');
 const S3rver = require('@20minutes/s3rver');
 const AWSAccount = require('@20minutes/s3rver/lib/models/account');
 
-function parseArgs(argv) {
-  const opt = {
-    port: 0, dir: null, bucket: 'archive', 'access-key': 'qes-test-access',
-    'secret-key': 'qes-test-secret', log: null, verbose: false,
-  };
-  for (let i = 0; i < argv.length; i++) {
-    const m = /^--([a-z-]+)(?:=(.*))?$/.exec(argv[i]);
-    if (!m || !(m[1] in opt)) throw new Error(`unknown argument ${argv[i]}`);
-    if (m[1] === 'verbose') opt.verbose = true;
-    else opt[m[1]] = m[2] !== undefined ? m[2] : argv[++i];
-  }
-  if (!opt.dir) throw new Error('--dir is required');
-  opt.port = Number(opt.port);
-  return opt;
-}
+const { parseArgs } = require('../lib/args');
 
-const opt = parseArgs(process.argv.slice(2));
+const opt = parseArgs(process.argv.slice(2), {
+  port: 0, dir: null, bucket: 'archive', 'access-key': 'qes-test-access',
+  'secret-key': 'qes-test-secret', log: null,
+});
+if (!opt.dir) throw new Error('--dir is required');
+opt.port = Number(opt.port);
 const note = (...a) => console.error(new Date().toISOString(), 's3:', ...a);
 const logFd = opt.log ? fs.openSync(opt.log, 'a') : null;
 let faults = {};

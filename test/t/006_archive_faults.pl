@@ -20,7 +20,6 @@ my $node = qes_node('archive_faults', double => $d, s3 => $s3,
 my $first;    # the first request archived here
 
 sub one { my ($sql) = @_; return $node->safe_psql('postgres', $sql); }
-sub in_list { return join(', ', map { "'$_'" } @_); }
 
 # archived_ok(ids, name): every request has its four objects verified, and the
 # bucket (read with boto3) holds them with matching SHA-256.
