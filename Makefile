@@ -15,12 +15,12 @@ OBJS = \
 	src/s3.o
 
 EXTENSION = qes_sign
-DATA = sql/qes_sign--1.0.sql
+DATA = sql/qes_sign--1.0.sql sql/qes_sign--1.0--1.1.sql
 PGFILEDESC = "qes_sign - qualified electronic signature workflows"
 
 # pg_regress suites (sql/*.sql, expected/*.out), in order
 REGRESS = install status_machine create_request actions apply_state \
-	audit callbacks webhooks security worker_rules archive
+	audit callbacks webhooks security worker_rules archive trust_boundary
 # isolation specs (specs/*.spec, expected/*.out)
 ISOLATION = concurrent_completion concurrent_audit notifications
 REGRESS_OPTS = --temp-config=$(srcdir)/test/qes_sign.conf --temp-instance=./tmp_check

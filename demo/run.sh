@@ -85,7 +85,8 @@ node "$here/make_lease_pdf.js" > "$work/lease.pdf"
 export PGHOST=$work PGPORT=$pg_port PGDATABASE=postgres
 psql -X -q -v ON_ERROR_STOP=1 -U postgres \
      -c "CREATE EXTENSION qes_sign" \
-     -c "CREATE ROLE hv_portal LOGIN IN ROLE qes_sign_app"
+     -c "CREATE ROLE hv_portal LOGIN IN ROLE qes_sign_app" \
+     -c "SELECT qes_sign.grant_tenant('hv_portal', 'hv-eppendorf')"
 echo "demo: PostgreSQL on port $pg_port, Skribble-Double on $double_port (Uhr 2026-03-19 09:15 MEZ), Relay on $relay_port, S3 on $s3_port (Bucket archive)"
 
 if ! DEMO_DOUBLE="http://127.0.0.1:$double_port" DEMO_S3="http://127.0.0.1:$s3_port" DEMO_PDF="$work/lease.pdf" node "$here/demo.js"; then

@@ -96,7 +96,9 @@ RESET ROLE;
 DROP ROLE regress_restorer;
 
 -- the acting role is the session's, not the SECURITY DEFINER owner's
+-- (regress_portal serves two property managers: tenants are granted to roles)
 CREATE ROLE regress_portal LOGIN IN ROLE qes_sign_app;
+SELECT qes_sign.grant_tenant('regress_portal', 'hv-eppendorf'), qes_sign.grant_tenant('regress_portal', 'hv-altona');
 SET ROLE regress_portal;
 SET qes_sign.verwaltung = 'hv-eppendorf';
 SELECT qes_sign.create_request('hv-eppendorf', 'Stellplatz 7', regress.pdf(), regress.signers(1),

@@ -1,13 +1,15 @@
 --
 -- security: two roles (qes_sign_app for the portal, qes_sign_admin for
--- operators); row-level security on verwaltung driven by the session's
--- qes_sign.verwaltung; the app changes state only through the API
--- functions; secrets are readable by superusers only.
+-- operators); row-level security on verwaltung: the session's
+-- qes_sign.verwaltung selects among the tenants granted to its role; the
+-- app changes state only through the API functions; secrets are readable
+-- by superusers only.  (trust_boundary.sql: the attacks of version 1.1)
 --
 SELECT regress.request(regress.uuid(61), 2, 'hv-eppendorf');
 SELECT regress.request(regress.uuid(62), 2, 'hv-altona');
 CREATE ROLE regress_admin LOGIN IN ROLE qes_sign_admin;
--- regress_portal (member of qes_sign_app) was created in audit.sql
+-- regress_portal (member of qes_sign_app) was created in audit.sql and
+-- holds hv-eppendorf and hv-altona
 
 -- Tenant separation: the portal session of hv-eppendorf sees only its own
 SET ROLE regress_portal;
@@ -24,9 +26,14 @@ SELECT regress.try($$SELECT qes_sign.replace_signer(regress.uuid(62), 'signer1@e
 SELECT regress.try($$SELECT qes_sign.restart(regress.uuid(62))$$);
 -- and it cannot create for another tenant
 SELECT regress.try($$SELECT qes_sign.create_request('hv-altona', 't', regress.pdf(), regress.signers())$$);
--- switching the session's tenant switches what it sees
+-- switching among its own tenants switches what it sees
 SET qes_sign.verwaltung = 'hv-altona';
 SELECT DISTINCT verwaltung FROM qes_sign.signatur_anfragen;
+-- a tenant it does not hold selects nothing, and every action is refused
+SET qes_sign.verwaltung = 'hv-wandsbek';
+SELECT count(*) AS visible FROM qes_sign.signatur_anfragen;
+SELECT regress.try($$SELECT qes_sign.create_request('hv-wandsbek', 't', regress.pdf(), regress.signers())$$);
+SELECT regress.try($$SELECT qes_sign.remind(regress.uuid(62))$$);
 -- without a tenant it sees nothing and may create nothing
 RESET qes_sign.verwaltung;
 SELECT count(*) AS visible FROM qes_sign.signatur_anfragen;
@@ -74,15 +81,20 @@ RESET ROLE;
 -- a superuser does see the secrets (they are set in test/qes_sign.conf)
 SELECT current_setting('qes_sign.callback_secret') <> '' AS superuser_sees_secret;
 
--- Every SECURITY DEFINER function in SQL or plpgsql pins its search_path;
--- the one in C (receive_callback, the hot path) names every object and
--- operator of its statements with its schema instead, so a caller's
--- search_path cannot redirect them:
+-- Every SECURITY DEFINER function in SQL or plpgsql pins its search_path
+-- with pg_temp named last (an unnamed pg_temp is searched first, and any
+-- role can create temporary tables); the one in C (receive_callback, the
+-- hot path) names every object and operator of its statements with its
+-- schema instead, so a caller's search_path cannot redirect them:
 SELECT p.proname FROM pg_proc p
  WHERE p.pronamespace = 'qes_sign'::regnamespace AND p.prosecdef AND p.prolang <> 13
-   AND NOT coalesce(p.proconfig @> ARRAY['search_path=pg_catalog, qes_sign'], false);
+   AND NOT coalesce(p.proconfig @> ARRAY['search_path=pg_catalog, qes_sign, pg_temp'], false);
 SELECT p.proname, p.prolang = 13 AS in_c FROM pg_proc p
  WHERE p.pronamespace = 'qes_sign'::regnamespace AND p.prosecdef AND p.proconfig IS NULL;
+-- and no function of the schema sets a search_path without pg_temp last
+SELECT p.proname, c AS setting FROM pg_proc p, unnest(p.proconfig) c
+ WHERE p.pronamespace = 'qes_sign'::regnamespace AND c LIKE 'search_path=%'
+   AND c !~ '(^search_path=""$|, *pg_temp$)';
 CREATE SCHEMA regress_evil;
 CREATE FUNCTION regress_evil.eq(uuid, uuid) RETURNS boolean LANGUAGE sql AS 'SELECT true';
 CREATE OPERATOR regress_evil.= (LEFTARG = uuid, RIGHTARG = uuid, FUNCTION = regress_evil.eq);

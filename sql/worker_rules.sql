@@ -14,11 +14,13 @@ UPDATE qes_sign.callback_inbox SET processed_at = now() WHERE processed_at IS NU
 UPDATE qes_sign.signatur_anfragen SET expires_at = now() + interval '1 year',
        synced_at = now() + interval '1 year';
 
--- regress.claim: what the worker would send now (bodies left out)
+-- regress.claim: what the worker would send now (bodies left out; ids and
+-- an anchor's hash, which covers entry times, masked)
 CREATE FUNCTION regress.claim() RETURNS TABLE (item bigint, kind text, method text, path text)
 LANGUAGE sql AS $$
     SELECT c.item_id, c.kind, c.method,
-           regexp_replace(c.path, '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', '<sr>', 'g')
+           regexp_replace(regexp_replace(c.path, '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', '<sr>', 'g'),
+                          '-[0-9a-f]{16}\.json$', '-<hash>.json')
       FROM qes_sign._claim(10) c ORDER BY c.item_id
 $$;
 

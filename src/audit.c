@@ -5,7 +5,8 @@
  *		INSERT trigger numbers each entry and chains it to the previous one
  *		with SHA-256; the chain head is one row in qes_sign.audit_head, whose
  *		row lock serialises concurrent writers until they commit.  Another
- *		trigger refuses UPDATE, DELETE and TRUNCATE for everybody.
+ *		trigger refuses UPDATE, DELETE and TRUNCATE for everybody, and the
+ *		head itself changes only from inside the chain trigger.
  *
  *-------------------------------------------------------------------------
  */
@@ -23,7 +24,7 @@
 #define HEAD_ADVANCE_SQL \
 	"INSERT INTO qes_sign.audit_head AS h (singleton, seq, hash) " \
 	"VALUES (true, 1, $1) ON CONFLICT (singleton) " \
-	"DO UPDATE SET seq = h.seq + 1 RETURNING seq, hash"
+	"DO UPDATE SET seq = h.seq OPERATOR(pg_catalog.+) 1 RETURNING seq, hash"
 #define HEAD_SET_SQL \
 	"UPDATE qes_sign.audit_head SET hash = $1"
 
@@ -37,6 +38,9 @@ enum
 static SPIPlanPtr head_advance_plan = NULL;
 static SPIPlanPtr head_set_plan = NULL;
 
+/* true while qes_sign_audit_chain itself writes the head */
+static bool chain_writing = false;
+
 static bytea *entry_hash(bytea *prev, int64 seq, TimestampTz at,
 						 Datum request_id, bool request_null,
 						 text *verwaltung, text *event, text *actor,
@@ -44,10 +48,12 @@ static bytea *entry_hash(bytea *prev, int64 seq, TimestampTz at,
 static bool restored_entry(Datum *values, bool *nulls);
 static void append_field(StringInfo buf, const char *data, int len);
 static bytea *bytes_to_bytea(const unsigned char *data, int len);
+static void run_head_plan(SPIPlanPtr plan, Datum arg, int expected);
 
 PG_FUNCTION_INFO_V1(qes_sign_audit_chain);
 PG_FUNCTION_INFO_V1(qes_sign_append_only);
 PG_FUNCTION_INFO_V1(qes_sign_audit_hash);
+PG_FUNCTION_INFO_V1(qes_sign_audit_head_guard);
 
 /*
  * qes_sign_audit_chain fills seq, at, actor, prev_hash and hash of a new
@@ -105,10 +111,8 @@ qes_sign_audit_chain(PG_FUNCTION_ARGS)
 	SPI_connect();
 	spicxt = CurrentMemoryContext;
 	arg = PointerGetDatum(bytes_to_bytea(genesis, QES_SHA256_LEN));
-	if (SPI_execute_plan(qes_keep_plan(&head_advance_plan, HEAD_ADVANCE_SQL, 1, bytea_type),
-						 &arg, NULL, false, 1) != SPI_OK_INSERT_RETURNING ||
-		SPI_processed != 1)
-		elog(ERROR, "qes_sign: could not advance the audit chain head");
+	run_head_plan(qes_keep_plan(&head_advance_plan, HEAD_ADVANCE_SQL, 1, bytea_type),
+				  arg, SPI_OK_INSERT_RETURNING);
 	seq = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 									  SPI_tuptable->tupdesc, 1, &isnull));
 	/* prev and hash must outlive SPI_finish */
@@ -123,9 +127,8 @@ qes_sign_audit_chain(PG_FUNCTION_ARGS)
 	MemoryContextSwitchTo(spicxt);
 
 	arg = PointerGetDatum(hash);
-	if (SPI_execute_plan(qes_keep_plan(&head_set_plan, HEAD_SET_SQL, 1, bytea_type),
-						 &arg, NULL, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "qes_sign: could not store the audit chain head");
+	run_head_plan(qes_keep_plan(&head_set_plan, HEAD_SET_SQL, 1, bytea_type),
+				  arg, SPI_OK_UPDATE);
 	SPI_finish();
 
 	newvals[0] = Int64GetDatum(seq);
@@ -186,6 +189,56 @@ restored_entry(Datum *values, bool *nulls)
 				 errhint("To restore a dump, run pg_restore with "
 						 "PGOPTIONS='-c qes_sign.restore=on'.")));
 	return qes_restore_mode;
+}
+
+/*
+ * run_head_plan runs one statement on the chain head with chain_writing
+ * set, so that the head's guard lets it through; one row must change.
+ */
+static void
+run_head_plan(SPIPlanPtr plan, Datum arg, int expected)
+{
+	volatile int rc = 0;
+
+	chain_writing = true;
+	PG_TRY();
+	{
+		rc = SPI_execute_plan(plan, &arg, NULL, false, 1);
+	}
+	PG_FINALLY();
+	{
+		chain_writing = false;
+	}
+	PG_END_TRY();
+	if (rc != expected || SPI_processed != 1)
+		elog(ERROR, "qes_sign: could not move the audit chain head");
+}
+
+/*
+ * qes_sign_audit_head_guard is the BEFORE INSERT OR UPDATE row trigger of
+ * qes_sign.audit_head: the head moves only with the chain (or comes back
+ * from a dump in restore mode), so nobody can set it to match an edited
+ * trail without disabling the trigger first.
+ */
+Datum
+qes_sign_audit_head_guard(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("qes_sign_audit_head_guard must be fired FOR EACH ROW")));
+	if (chain_writing ||
+		(qes_restore_mode && TRIGGER_FIRED_BY_INSERT(trigdata->tg_event)))
+		return PointerGetDatum(TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ?
+							   trigdata->tg_newtuple : trigdata->tg_trigtuple);
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("the head of the audit chain moves only with the chain"),
+			 errdetail("qes_sign.audit_head is written by the audit trail's own trigger, for every role."),
+			 errhint("Use qes_sign.verify_audit_chain() to check the trail.")));
+	PG_RETURN_NULL();			/* keep compiler quiet */
 }
 
 /*

@@ -179,28 +179,24 @@ qes_sign_verify_callback(PG_FUNCTION_ARGS)
 }
 
 /*
- * dedupe_key is what makes a repeated callback count once while the worker
- * has not looked at it: the request, the type and Skribble's ids in the URL
- * (NULLs left out, like concat_ws).
+ * dedupe_key makes callbacks of one request and type count once while the
+ * worker has not looked at them.  The query values are unsigned hints, so
+ * they are no part of it: a leaked URL cannot fill the inbox.
  */
 static Datum
-dedupe_key(Datum *values, bool *nulls)
+dedupe_key(Datum *values)
 {
-	StringInfoData key;
-
-	initStringInfo(&key);
-	appendStringInfoString(&key, DatumGetCString(DirectFunctionCall1(uuid_out, values[0])));
-	for (int i = 1; i < 5; i++)
-		if (!nulls[i])
-			appendStringInfo(&key, "/%s", TextDatumGetCString(values[i]));
-	return CStringGetTextDatum(key.data);
+	return CStringGetTextDatum(psprintf("%s/%s",
+										DatumGetCString(DirectFunctionCall1(uuid_out, values[0])),
+										TextDatumGetCString(values[1])));
 }
 
 /*
  * store_callback inserts a verified callback once (the inbox's unique
- * dedupe_key) if its request exists; false if it was there already.  The
- * statements name every object and operator with its schema: this runs as
- * the extension's owner with the caller's search_path.
+ * dedupe_key) if its request is still open at Skribble; false if it was
+ * there already or the request has ended (acknowledged, nothing to fetch).
+ * The statements name every object and operator with its schema: this runs
+ * as the extension's owner with the caller's search_path.
  */
 static bool
 store_callback(Datum *values, bool *nulls, Datum body, bool body_null)
@@ -217,7 +213,7 @@ store_callback(Datum *values, bool *nulls, Datum body, bool body_null)
 		args[i] = values[i];
 		argnulls[i] = nulls[i] ? 'n' : ' ';
 	}
-	args[5] = dedupe_key(values, nulls);
+	args[5] = dedupe_key(values);
 	argnulls[5] = ' ';
 	args[6] = body;
 	argnulls[6] = body_null ? 'n' : ' ';
@@ -228,7 +224,8 @@ store_callback(Datum *values, bool *nulls, Datum body, bool body_null)
 				  "INSERT INTO qes_sign.callback_inbox (request_id, callback_type, source, "
 				  "signature_request_id, document_id, signature_id, dedupe_key, body) "
 				  "SELECT $1, $2, 'callback', $3, $4, $5, $6, $7 WHERE EXISTS (SELECT "
-				  "FROM qes_sign.signatur_anfragen a WHERE a.id OPERATOR(pg_catalog.=) $1) "
+				  "FROM qes_sign.signatur_anfragen a WHERE a.id OPERATOR(pg_catalog.=) $1 "
+				  "AND a.status OPERATOR(pg_catalog.=) ANY ('{offen,in_signatur}')) "
 				  "ON CONFLICT DO NOTHING", 7, types);
 	if (SPI_execute_plan(insert_plan, args, argnulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not store a callback");
@@ -266,6 +263,11 @@ qes_sign_receive_callback(PG_FUNCTION_ARGS)
 	bool		rnulls[3] = {false, false, false};
 	bool		stored;
 
+	if (!PG_ARGISNULL(1) && VARSIZE_ANY_EXHDR(PG_GETARG_BYTEA_PP(1)) > QES_MAX_CALLBACK_BODY)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("callback body is larger than %d bytes", QES_MAX_CALLBACK_BODY),
+				 errdetail("Skribble's callbacks carry a few hundred bytes; nothing was stored.")));
 	verify_url(PG_ARGISNULL(0) ? NULL : PG_GETARG_TEXT_PP(0), values, nulls);
 	stored = store_callback(values, nulls, PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1),
 							PG_ARGISNULL(1));

@@ -14,6 +14,7 @@
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "postmaster/interrupt.h"
+#include "catalog/pg_type.h"
 #include "utils/memutils.h"
 
 #include "http.h"
@@ -101,6 +102,53 @@ qes_call_free(QesCall *call)
 	free(call->resp);
 	free(call->resp_headers);
 	MemoryContextDelete(call->cxt);
+}
+
+/*
+ * qes_call_set_data makes a bytea the body of a call (an S3 upload), copied
+ * into the call's context.
+ */
+void
+qes_call_set_data(QesCall *call, bytea *data)
+{
+	size_t		len = VARSIZE_ANY_EXHDR(data);
+
+	call->body = MemoryContextAlloc(call->cxt, len + 1);
+	memcpy(call->body, VARDATA_ANY(data), len);
+	call->body_len = len;
+}
+
+/*
+ * qes_call_add_headers appends the non-null "Name: value" lines of a text
+ * array to the headers SQL gives a call.
+ */
+void
+qes_call_add_headers(QesCall *call, ArrayType *lines)
+{
+	MemoryContext old = MemoryContextSwitchTo(call->cxt);
+	Datum	   *elems;
+	bool	   *enulls;
+	int			n;
+
+	deconstruct_array(lines, TEXTOID, -1, false, TYPALIGN_INT, &elems, &enulls, &n);
+	for (int i = 0; i < n; i++)
+		if (!enulls[i])
+			call->headers_in = lappend(call->headers_in, TextDatumGetCString(elems[i]));
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * qes_call_body returns the answer's body as a bytea (palloc'd).
+ */
+bytea *
+qes_call_body(QesCall *call)
+{
+	bytea	   *body = palloc(VARHDRSZ + call->resp_len);
+
+	SET_VARSIZE(body, VARHDRSZ + call->resp_len);
+	if (call->resp_len)
+		memcpy(VARDATA(body), call->resp, call->resp_len);
+	return body;
 }
 
 /*

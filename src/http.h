@@ -12,6 +12,7 @@
 
 #include "lib/ilist.h"
 #include "nodes/pg_list.h"
+#include "utils/array.h"
 
 /*
  * One HTTP call of the worker.  The request lives in the call's memory
@@ -66,6 +67,9 @@ extern QesCall *qes_call_new(MemoryContext parent, const char *kind,
 extern void qes_call_free(QesCall *call);
 extern void qes_call_reset(QesCall *call);
 extern const char *qes_call_error(QesCall *call);
+extern void qes_call_set_data(QesCall *call, bytea *data);
+extern void qes_call_add_headers(QesCall *call, ArrayType *lines);
+extern bytea *qes_call_body(QesCall *call);
 
 /* skribble.c */
 extern bool qes_skribble_have_token(void);

@@ -52,6 +52,7 @@ int			qes_retry_base_delay = 1000;
 int			qes_retry_max_delay = 600000;
 int			qes_retry_max_attempts = 50;
 int			qes_worker_restart_delay = 5;
+int			qes_audit_anchor_interval = 3600;
 char	   *qes_ca_file = NULL;
 
 /* session */
@@ -169,6 +170,11 @@ _PG_init(void)
 							"Seconds before a crashed worker is restarted.",
 							NULL, &qes_worker_restart_delay, 5, 1, 3600,
 							PGC_POSTMASTER, GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("qes_sign.audit_anchor_interval",
+							"How often the worker anchors the audit chain in the bucket.",
+							"It also anchors after each archived request.",
+							&qes_audit_anchor_interval, 3600, 1, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S, NULL, NULL, NULL);
 	define_string("qes_sign.ca_file", "Extra CA bundle for TLS.",
 				  &qes_ca_file, "", PGC_SIGHUP, 0, NULL);
 	define_string("qes_sign.verwaltung",

@@ -302,12 +302,26 @@ counter_by_name(text *name)
 }
 
 /*
+ * counter_arg is the counter name in the first argument, which must not be
+ * NULL (these functions are not STRICT: a rejection must never be skipped).
+ */
+static text *
+counter_arg(FunctionCallInfo fcinfo)
+{
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("qes_sign counter name must not be null")));
+	return PG_GETARG_TEXT_PP(0);
+}
+
+/*
  * qes_sign_count(counter text) bumps a counter from SQL.
  */
 Datum
 qes_sign_count(PG_FUNCTION_ARGS)
 {
-	qes_count(counter_by_name(PG_GETARG_TEXT_PP(0)));
+	qes_count(counter_by_name(counter_arg(fcinfo)));
 	PG_RETURN_VOID();
 }
 
@@ -318,8 +332,8 @@ qes_sign_count(PG_FUNCTION_ARGS)
 Datum
 qes_sign_reject(PG_FUNCTION_ARGS)
 {
-	qes_reject(counter_by_name(PG_GETARG_TEXT_PP(0)),
-			   errmsg("%s", text_to_cstring(PG_GETARG_TEXT_PP(1))));
+	qes_reject(counter_by_name(counter_arg(fcinfo)),
+			   errmsg("%s", PG_ARGISNULL(1) ? "rejected" : text_to_cstring(PG_GETARG_TEXT_PP(1))));
 	PG_RETURN_VOID();			/* keep compiler quiet */
 }
 

@@ -23,6 +23,10 @@
 #define QES_TOKEN_MARGIN_S 60
 /* assumed lifetime of a token whose exp cannot be read */
 #define QES_TOKEN_DEFAULT_S (15 * 60)
+/* a longer claimed lifetime is not believed (and would overflow timestamps) */
+#define QES_TOKEN_MAX_S (24 * 60 * 60)
+/* a longer token would not fit in the header lines servers accept */
+#define QES_TOKEN_MAX_LEN 8192
 
 static char *token = NULL;		/* in TopMemoryContext */
 static TimestampTz token_renew_at = 0;
@@ -99,6 +103,8 @@ qes_skribble_login_call(MemoryContext parent)
  * jwt_lifetime reads how long a JWT lives (exp - iat, in seconds) from its
  * payload; 0 if it cannot tell.  Counting from receipt, not comparing exp
  * with the local clock, keeps a skewed clock from rejecting every token.
+ * A lifetime that is not a number of seconds up to QES_TOKEN_MAX_S (NaN,
+ * infinite, negative, absurdly long) counts as unknown.
  */
 static int64
 jwt_lifetime(const char *jwt)
@@ -110,6 +116,7 @@ jwt_lifetime(const char *jwt)
 	int			len;
 	char	   *exp;
 	char	   *iat;
+	double		life;
 
 	if (p2 == NULL || p2 - p1 - 1 > 8192)
 		return 0;
@@ -124,51 +131,58 @@ jwt_lifetime(const char *jwt)
 	if (len <= 0)
 		return 0;
 	exp = qes_json_top_field((char *) json, len, "exp");
-	iat = qes_json_top_field((char *) json, len, "iat");
+	iat = exp ? qes_json_top_field((char *) json, len, "iat") : NULL;
 	if (exp == NULL || iat == NULL)
 		return 0;
-	return (int64) (strtod(exp, NULL) - strtod(iat, NULL));
+	life = strtod(exp, NULL) - strtod(iat, NULL);
+	/* written so that NaN fails too; casting it or inf to int64 is undefined */
+	if (!(life > 0 && life <= QES_TOKEN_MAX_S))
+		return 0;
+	return (int64) life;
 }
 
 /*
  * qes_skribble_take_login keeps the token of a successful login (the body
  * is the bare JWT, text/plain).  Returns false, with a warning that names
- * the status but never the credentials, if the login failed.
+ * the status but never the credentials, if the login failed or answered
+ * something that is no token of at most QES_TOKEN_MAX_LEN bytes.
  */
 bool
 qes_skribble_take_login(QesCall *call)
 {
 	const char *err = qes_call_error(call);
-	char	   *jwt;
+	const char *start = call->resp ? call->resp + strspn(call->resp, " \t\r\n\"") : "";
+	char	   *jwt = NULL;
+	int64		life;
 
-	if (err == NULL && call->status >= 200 && call->status < 300 &&
-		call->resp != NULL)
+	if (err == NULL && (call->status < 200 || call->status >= 300))
+		err = psprintf("HTTP %ld", call->status);
+	else if (err == NULL)
 	{
-		jwt = pstrdup(call->resp);
-		jwt = pstrdup(jwt + strspn(jwt, " \t\r\n\""));
-		jwt[strcspn(jwt, " \t\r\n\"")] = '\0';
-		if (strchr(jwt, '.') != NULL)
-		{
-			int64		life = jwt_lifetime(jwt);
-
-			if (life <= 0)
-				life = QES_TOKEN_DEFAULT_S;
-			if (token)
-				pfree(token);
-			token = MemoryContextStrdup(TopMemoryContext, jwt);
-			token_renew_at = GetCurrentTimestamp() +
-				(life - Min(QES_TOKEN_MARGIN_S, life / 4)) * USECS_PER_SEC;
-			token_generation++;
-			qes_count(QES_LOGINS);
-			return true;
-		}
+		jwt = pnstrdup(start, strcspn(start, " \t\r\n\""));
+		if (strchr(jwt, '.') == NULL || strlen(jwt) > QES_TOKEN_MAX_LEN)
+			err = psprintf("HTTP %ld, but the answer is no JWT of at most %d bytes",
+						   call->status, QES_TOKEN_MAX_LEN);
 	}
-	qes_count(QES_LOGIN_FAILURES);
-	ereport(WARNING,
-			(errmsg("qes_sign: Skribble login failed: %s",
-					err ? err : psprintf("HTTP %ld", call->status)),
-			 errhint("Check qes_sign.skribble_url, qes_sign.skribble_username and qes_sign.skribble_api_key.")));
-	return false;
+	if (err != NULL)
+	{
+		qes_count(QES_LOGIN_FAILURES);
+		ereport(WARNING,
+				(errmsg("qes_sign: Skribble login failed: %s", err),
+				 errhint("Check qes_sign.skribble_url, qes_sign.skribble_username and qes_sign.skribble_api_key.")));
+		return false;
+	}
+	life = jwt_lifetime(jwt);
+	if (life <= 0)
+		life = QES_TOKEN_DEFAULT_S;
+	if (token)
+		pfree(token);
+	token = MemoryContextStrdup(TopMemoryContext, jwt);
+	token_renew_at = GetCurrentTimestamp() +
+		(life - Min(QES_TOKEN_MARGIN_S, life / 4)) * USECS_PER_SEC;
+	token_generation++;
+	qes_count(QES_LOGINS);
+	return true;
 }
 
 /*
@@ -220,13 +234,19 @@ field_scalar(void *state, char *token, JsonTokenType type)
 /*
  * qes_json_top_field returns the scalar value of a top-level field of a
  * JSON object as text, or NULL (absent, not a scalar, or not JSON).  It uses
- * PostgreSQL's JSON parser, which reports errors instead of raising them.
+ * PostgreSQL's JSON parser, which reports syntax errors instead of raising
+ * them, but raises "stack depth limit exceeded" for deeply nested input.
+ * The worker calls this outside any transaction, where an ERROR would end
+ * the process (and the same answer would end the next one), so such an
+ * error is caught here: a warning, and the field counts as absent.
  */
 char *
 qes_json_top_field(const char *json, size_t len, const char *field)
 {
+	MemoryContext cxt = CurrentMemoryContext;
 	FieldSearch s = {0};
 	JsonSemAction sem = {0};
+	volatile JsonParseErrorType result = JSON_INVALID_TOKEN;
 
 	if (len > INT_MAX || pg_verify_mbstr(PG_UTF8, json, len, true) == false)
 		return NULL;
@@ -236,9 +256,25 @@ qes_json_top_field(const char *json, size_t len, const char *field)
 	sem.semstate = &s;
 	sem.object_field_start = field_start;
 	sem.scalar = field_scalar;
-	if (pg_parse_json(s.lex, &sem) != JSON_SUCCESS)
-		return NULL;
-	return s.value;
+	PG_TRY();
+	{
+		result = pg_parse_json(s.lex, &sem);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		ereport(WARNING,
+				(errcode(edata->sqlerrcode),
+				 errmsg("qes_sign: could not read field \"%s\" of an answer: %s",
+						field, edata->message)));
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	return result == JSON_SUCCESS ? s.value : NULL;
 }
 
 PG_FUNCTION_INFO_V1(qes_sign_url_escape);

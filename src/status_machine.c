@@ -19,12 +19,15 @@
  * Prerequisite queries: each returns one boolean for request $1.
  */
 #define ALL_SIGNED_SQL \
-	"SELECT count(*) > 0 AND bool_and(status = 'signed') " \
-	"FROM qes_sign.signers WHERE request_id = $1 AND status <> 'replaced'"
+	"SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>) 0 AND " \
+	"pg_catalog.bool_and(status OPERATOR(pg_catalog.=) 'signed') " \
+	"FROM qes_sign.signers WHERE request_id OPERATOR(pg_catalog.=) $1 " \
+	"AND status OPERATOR(pg_catalog.<>) 'replaced'"
 #define ARCHIVED_SQL \
-	"SELECT count(DISTINCT kind) = 4 FROM qes_sign.archive_objects " \
-	"WHERE request_id = $1 AND verified_at IS NOT NULL " \
-	"AND kind IN ('signed_pdf', 'protocol_pdf', 'protocol_json', 'record_json')"
+	"SELECT pg_catalog.count(DISTINCT kind) OPERATOR(pg_catalog.=) 4 " \
+	"FROM qes_sign.archive_objects " \
+	"WHERE request_id OPERATOR(pg_catalog.=) $1 AND verified_at IS NOT NULL " \
+	"AND kind OPERATOR(pg_catalog.=) ANY ('{signed_pdf,protocol_pdf,protocol_json,record_json}')"
 
 typedef struct Transition
 {

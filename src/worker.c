@@ -7,7 +7,8 @@
  *		any transaction with many in flight (http.c), and records the
  *		answers in another short transaction.  The rules (which call, what
  *		an answer means, retries) are SQL functions: _claim, _record_result
- *		and _tick.  On a hot standby it waits for promotion.
+ *		(_record_unapplied for an answer it cannot apply) and _tick.  On a
+ *		hot standby it waits for promotion.
  *
  *-------------------------------------------------------------------------
  */
@@ -60,6 +61,7 @@ typedef struct WorkerState
 static MemoryContext loop_cxt = NULL;
 
 static SPIPlanPtr record_plan = NULL;
+static SPIPlanPtr unapplied_plan = NULL;
 static SPIPlanPtr claim_plan = NULL;
 
 PGDLLEXPORT void qes_worker_main(Datum arg);
@@ -169,55 +171,31 @@ attach(bool promoted)
 }
 
 /*
- * record_one hands one answer to qes_sign._record_result in a
- * subtransaction, so that one bad answer cannot undo the others.
+ * run_in_subxact runs one kept plan whose single column is text in an
+ * internal subtransaction, so that one bad answer cannot undo the others.
+ * Returns that text, or NULL with *error set (in the caller's context) if
+ * the plan raised; the subtransaction is then rolled back.
  */
-static void
-record_one(QesCall *call)
+static char *
+run_in_subxact(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types,
+			   Datum *values, const char *nulls, char **error)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
-	Oid			types[7] = {INT8OID, TEXTOID, INT4OID, BYTEAOID, INT4OID, TEXTOID, TEXTOID};
-	Datum		values[7];
-	char		nulls[7];
-	const char *err = qes_call_error(call);
-	bytea	   *body = palloc(VARHDRSZ + call->resp_len);
-
-	memset(nulls, ' ', sizeof(nulls));
-	SET_VARSIZE(body, VARHDRSZ + call->resp_len);
-	if (call->resp_len)
-		memcpy(VARDATA(body), call->resp, call->resp_len);
-	values[0] = Int64GetDatum(call->item_id);
-	values[1] = CStringGetTextDatum(call->kind);
-	values[2] = Int32GetDatum((int32) call->status);
-	values[3] = PointerGetDatum(body);
-	values[4] = Int32GetDatum((int32) Min(call->retry_after, 86400));
-	values[5] = err ? CStringGetTextDatum(err) : (Datum) 0;
-	if (err == NULL)
-		nulls[5] = 'n';
-	/* header lines are text only if they are valid in the database encoding */
-	values[6] = CStringGetTextDatum(call->resp_headers &&
-									pg_verifymbstr(call->resp_headers, call->resp_headers_len, true) ?
-									call->resp_headers : "");
+	char	   *volatile result = NULL;
 
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
-		SPIPlanPtr	plan = qes_keep_plan(&record_plan,
-										 "SELECT qes_sign._record_result($1, $2, $3, $4, $5, $6, $7)",
-										 7, types);
 		bool		isnull;
-		char	   *outcome;
+		Datum		d;
 
-		if (SPI_execute_plan(plan, values, nulls, false, 1) != SPI_OK_SELECT)
-			elog(ERROR, "qes_sign._record_result failed");
-		outcome = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0],
-													SPI_tuptable->tupdesc, 1, &isnull));
-		if (strcmp(outcome, "retry") == 0)
-			qes_count(QES_API_RETRIES);
-		else if (strcmp(outcome, "failed") == 0)
-			qes_count(QES_API_FAILURES);
+		if (SPI_execute_plan(qes_keep_plan(plan, sql, nargs, types),
+							 values, nulls, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not run \"%s\"", sql);
+		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		result = isnull ? "" : TextDatumGetCString(d);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
@@ -232,13 +210,67 @@ record_one(QesCall *call)
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
-		/* the lease runs out and the item is tried again */
-		ereport(WARNING,
-				(errmsg("qes_sign worker could not record the answer to work item %lld: %s",
-						(long long) call->item_id, edata->message)));
+		*error = pstrdup(edata->message);
 		FreeErrorData(edata);
 	}
 	PG_END_TRY();
+	return result;
+}
+
+/*
+ * record_one hands one answer to qes_sign._record_result.  An answer it
+ * cannot apply (it raised) is handed to qes_sign._record_unapplied, which
+ * counts it as a failed attempt: retried, then given up visibly, instead
+ * of being sent again each time its lease runs out.  No error escapes.
+ */
+static void
+record_one(QesCall *call)
+{
+	Oid			types[7] = {INT8OID, TEXTOID, INT4OID, BYTEAOID, INT4OID, TEXTOID, TEXTOID};
+	Datum		values[7];
+	char		nulls[7];
+	const char *err = qes_call_error(call);
+	char	   *outcome;
+	char	   *error = NULL;
+
+	memset(nulls, ' ', sizeof(nulls));
+	values[0] = Int64GetDatum(call->item_id);
+	values[1] = CStringGetTextDatum(call->kind);
+	values[2] = Int32GetDatum((int32) call->status);
+	values[3] = PointerGetDatum(qes_call_body(call));
+	values[4] = Int32GetDatum((int32) Min(call->retry_after, 86400));
+	values[5] = err ? CStringGetTextDatum(err) : (Datum) 0;
+	if (err == NULL)
+		nulls[5] = 'n';
+	/* header lines are text only if they are valid in the database encoding */
+	values[6] = CStringGetTextDatum(call->resp_headers &&
+									pg_verifymbstr(call->resp_headers, call->resp_headers_len, true) ?
+									call->resp_headers : "");
+
+	outcome = run_in_subxact(&record_plan,
+							 "SELECT qes_sign._record_result($1, $2, $3, $4, $5, $6, $7)",
+							 7, types, values, nulls, &error);
+	if (outcome == NULL)
+	{
+		Oid			utypes[3] = {INT8OID, TEXTOID, TEXTOID};
+		Datum		uvalues[3] = {values[0], values[1], CStringGetTextDatum(error)};
+
+		ereport(WARNING,
+				(errmsg("qes_sign worker could not apply the answer to work item %lld: %s",
+						(long long) call->item_id, error)));
+		outcome = run_in_subxact(&unapplied_plan,
+								 "SELECT qes_sign._record_unapplied($1, $2, $3)",
+								 3, utypes, uvalues, NULL, &error);
+		if (outcome == NULL)
+			ereport(WARNING,
+					(errmsg("qes_sign worker could not record the answer to work item %lld as a failed attempt: %s",
+							(long long) call->item_id, error),
+					 errdetail("The work item is tried again when its lease runs out.")));
+	}
+	if (outcome && strcmp(outcome, "retry") == 0)
+		qes_count(QES_API_RETRIES);
+	else if (outcome && strcmp(outcome, "failed") == 0)
+		qes_count(QES_API_FAILURES);
 	qes_count(QES_API_CALLS);
 }
 
@@ -270,26 +302,10 @@ call_from_row(WorkerState *st, HeapTuple tup, TupleDesc desc)
 	}
 	data = SPI_getbinval(tup, desc, 7, &isnull);
 	if (!isnull)
-	{
-		bytea	   *b = DatumGetByteaPP(data);
-
-		call->body = palloc(VARSIZE_ANY_EXHDR(b) + 1);
-		memcpy(call->body, VARDATA_ANY(b), VARSIZE_ANY_EXHDR(b));
-		call->body_len = VARSIZE_ANY_EXHDR(b);
-	}
+		qes_call_set_data(call, DatumGetByteaPP(data));
 	headers = SPI_getbinval(tup, desc, 8, &isnull);
 	if (!isnull)
-	{
-		Datum	   *elems;
-		bool	   *enulls;
-		int			n;
-
-		deconstruct_array(DatumGetArrayTypeP(headers), TEXTOID, -1, false,
-						  TYPALIGN_INT, &elems, &enulls, &n);
-		for (int i = 0; i < n; i++)
-			if (!enulls[i])
-				call->headers_in = lappend(call->headers_in, TextDatumGetCString(elems[i]));
-	}
+		qes_call_add_headers(call, DatumGetArrayTypeP(headers));
 	MemoryContextSwitchTo(old);
 	return call;
 }

@@ -65,10 +65,11 @@ CREATE FUNCTION rt.old_rows() RETURNS text LANGUAGE sql AS $$
         SELECT a::text x FROM qes_sign.signatur_anfragen a WHERE id IN (SELECT id FROM rt.reqs)
         UNION ALL SELECT s::text FROM qes_sign.signers s WHERE request_id IN (SELECT id FROM rt.reqs)
         UNION ALL SELECT l::text FROM qes_sign.audit_log l WHERE request_id IN (SELECT id FROM rt.reqs)) y $$;
+CREATE ROLE r06_app LOGIN IN ROLE qes_sign_app;
+SELECT qes_sign.grant_tenant('r06_app', 'hv-1');
 CREATE TABLE rt.before AS SELECT * FROM rt.fingerprint();
 CREATE TABLE rt.before_old AS SELECT rt.old_rows() AS digest;
 CREATE TABLE rt.before_counters AS SELECT * FROM qes_sign.counters();
-CREATE ROLE r06_app LOGIN IN ROLE qes_sign_app;
 
 ------------------------------------------------------------------------
 -- the fuzzer
@@ -421,9 +422,12 @@ is($eq_for_a, 'rejected', 'a webhook signature with "=" in place of an "A" (not 
 my $q = sub { $node->safe_psql('postgres', shift) };
 my $total = $q->('SELECT count(*) FROM rt.results WHERE i >= 0');
 cmp_ok($total, '>=', $n, "at least $n inputs ($total)");
+# a verified callback or webhook may read as a duplicate where the oracle
+# says accepted: one unprocessed row per request and type, and none for a
+# request that has ended (acknowledged, not stored)
 my $wrong = $q->(q{
 	SELECT count(*) FROM rt.results WHERE i >= 0 AND expect <> 'observed' AND NOT (
-	       (expect IN ('accepted', 'duplicate') AND (outcome = expect OR (family = 'receive_callback' AND outcome = 'duplicate')))
+	       (expect IN ('accepted', 'duplicate') AND (outcome = expect OR (family <> 'create_request' AND outcome = 'duplicate')))
 	    OR (expect NOT IN ('accepted', 'duplicate') AND outcome = 'rejected'))});
 my $false_accept = $q->(q{SELECT count(*) FROM rt.results WHERE i >= 0 AND expect NOT IN ('accepted', 'duplicate', 'observed') AND outcome <> 'rejected'});
 is($false_accept, '0', 'zero inputs accepted that should have been rejected');
@@ -431,7 +435,7 @@ is($wrong, '0', 'every input had its expected outcome');
 diag($q->(q{SELECT string_agg(format('#%s %s / %s: expected %s, got %s %s %s -- %s', i, family, mutation, expect, outcome,
              coalesce(sqlstate, ''), coalesce(message, ''), left(input, 300)), E'\n') FROM (
 	SELECT * FROM rt.results WHERE i >= 0 AND expect <> 'observed' AND NOT (
-	       (expect IN ('accepted', 'duplicate') AND (outcome = expect OR (family = 'receive_callback' AND outcome = 'duplicate')))
+	       (expect IN ('accepted', 'duplicate') AND (outcome = expect OR (family <> 'create_request' AND outcome = 'duplicate')))
 	    OR (expect NOT IN ('accepted', 'duplicate') AND outcome = 'rejected')) ORDER BY i LIMIT 15) x})) if $wrong;
 is($q->(q{SELECT count(*) FROM rt.results WHERE outcome = 'rejected' AND sqlstate IS NULL}), '0',
 	'every rejection has a SQLSTATE');

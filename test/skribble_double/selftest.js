@@ -858,6 +858,69 @@ test('faults: 5xx, 429 with Retry-After, held timeouts, dropped creates; never o
   assertProblem(await ctl('POST', '/faults', { paths: '(' }), 400, 'problem-with-message');
 });
 
+test('script: the next N matching calls, login included, get exactly the scripted answer; {} clears', async () => {
+  await fresh();
+  const sr = await create();
+  const get = (q = '') => call('GET', `/v2/signature-requests/${sr.id}${q}`);
+  const deep = '['.repeat(100000) + ']'.repeat(100000);
+
+  const r = await ctl('POST', '/script', { method: 'get', path: `^/v2/signature-requests/${sr.id}$`, status: 403,
+    headers: { 'Content-Type': 'application/problem+json', 'X-Scripted': 'yes' }, body: deep, times: 2 });
+  assert.equal(r.status, 200, r.text);
+  assert.deepEqual(r.json, [{ method: 'GET', path: `^/v2/signature-requests/${sr.id}$`, status: 403,
+    headers: { 'Content-Type': 'application/problem+json', 'X-Scripted': 'yes' }, times: 2, body_bytes: 200000 }]);
+  for (let i = 0; i < 2; i++) {
+    const a = await get();
+    assert.equal(a.status, 403);
+    assert.equal(a.headers['content-type'], 'application/problem+json');
+    assert.equal(a.headers['x-scripted'], 'yes');
+    assert.equal(a.headers['content-length'], '200000');
+    assert.equal(a.text, deep);
+  }
+  assert.equal((await get()).status, 200, 'the script is used up');
+  assert.deepEqual((await ctl('GET', '/script')).json, []);
+
+  /* the path regex sees the query; the method must match; no token is needed */
+  await ctl('POST', '/script', { method: 'GET', path: '\\?type=JSON$', body: 'not json', times: 1 });
+  assert.equal((await call('POST', `/v2/signature-requests/${sr.id}/remind`)).status, 200, 'another method');
+  assert.equal((await call('GET', `/v2/signature-requests/${sr.id}/report?type=PDF`)).status, 200, 'another query');
+  const raw = await call('GET', `/v2/signature-requests/${sr.id}/report?type=JSON`, { token: null });
+  assert.equal(raw.status, 200);
+  assert.equal(raw.text, 'not json');
+  assert.equal(raw.headers['content-type'], undefined, 'no header but those scripted');
+
+  /* login: a JWT with absurd claims instead of a real one; scripts match in order */
+  const jwt = 'eyJhbGciOiJIUzI1NiJ9.' + Buffer.from('{"iat":-1e400,"exp":1e400}').toString('base64url') + '.x';
+  await ctl('POST', '/script', { method: 'POST', path: '^/v2/access/login$', headers: { 'Content-Type': 'text/plain' }, body: jwt, times: 1 });
+  await ctl('POST', '/script', { path: '^/v2/access/login$', status: 500, body: 'second', times: 5 });
+  const logins = (await ctl('GET', '/stats')).json.logins;
+  assert.equal((await call('POST', '/v2/access/login', { body: { username: USER, 'api-key': KEY } })).text, jwt);
+  const second = await call('POST', '/v2/access/login', { body: { username: USER, 'api-key': KEY } });
+  assert.equal(second.status, 500);
+  assert.equal(second.text, 'second');
+  assert.equal((await ctl('GET', '/script')).json[0].times, 4);
+  assert.deepEqual((await ctl('POST', '/script', {})).json, [], '{} clears every script');
+  assert.equal((await call('POST', '/v2/access/login', { body: { username: USER, 'api-key': KEY } })).status, 200);
+
+  const st = (await ctl('GET', '/stats')).json;
+  assert.equal(st.scripted, 5);
+  assert.equal(st.logins, logins + 1, 'scripted logins are no logins');
+  assert.equal(st.calls['POST /v2/access/login'], 3);
+  assert.equal(st.calls['GET /v2/signature-requests/{SR_ID}'], 3);
+  assert.equal(st.calls['GET /v2/signature-requests/{SR_ID}/report'], 2);
+
+  assertProblem(await ctl('POST', '/script', { path: '(' }), 400, 'problem-with-message');
+  assertProblem(await ctl('POST', '/script', { status: 99 }), 400, 'problem-with-message');
+  assertProblem(await ctl('POST', '/script', { times: 0 }), 400, 'problem-with-message');
+  assertProblem(await ctl('POST', '/script', { body: 42 }), 400, 'problem-with-message');
+  assertProblem(await ctl('POST', '/script', { headers: { 'Bad Name': 'x' } }), 400, 'problem-with-message');
+  assertProblem(await ctl('POST', '/script', { headers: { 'X-Ok': 'line\nbreak' } }), 400, 'problem-with-message');
+  assert.deepEqual((await ctl('GET', '/script')).json, [], 'refused scripts are not kept');
+  await ctl('POST', '/script', { path: 'x' });
+  await ctl('POST', '/reset');
+  assert.deepEqual((await ctl('GET', '/script')).json, [], 'reset clears the scripts');
+});
+
 test('faults are reproducible with a seed', async () => {
   await fresh();
   const sr = await create();

@@ -6,7 +6,7 @@
  * An in-memory test double of the Skribble Sign API v2 for qes_sign's tests:
  * login with expiring HS256 JWTs, signature requests, immutable document
  * versions, callbacks with retries, and, under /_control, signer actions
- * (view, sign, decline), fault injection and statistics.
+ * (view, sign, decline), fault injection, scripted answers and statistics.
  * Node 20, standard library only.  See README.md beside this file.
  */
 
@@ -199,6 +199,7 @@ function freshRuntime() {
     remindWindowMs: cfg['remind-window-ms'],
     cbPaused: false,
     faults: null,
+    scripts: [],                  /* scripted answers, first match wins (setScript) */
     rng: mulberry32(cfg.seed),
   };
 }
@@ -210,6 +211,7 @@ function freshStats() {
     calls: {},
     total_calls: 0,
     faults_injected: { error: 0, rate_limit: 0, timeout: 0, drop_after_create: 0 },
+    scripted: 0,
     callbacks: { sent: 0, failed: 0, completed: 0, resignated: 0, pending: 0 },
     logins: 0,
     login_failures: 0,
@@ -428,7 +430,7 @@ function onRequest(req, res) {
   handleApi(ctx);
 }
 
-/* handleApi counts the call, reads the body, applies latency and faults, authenticates and dispatches. */
+/* handleApi counts the call, reads the body, applies latency, scripts and faults, authenticates and dispatches. */
 function handleApi(ctx) {
   const { req, res } = ctx;
   const segs = splitPath(ctx.path);
@@ -446,6 +448,8 @@ function handleApi(ctx) {
   readBody(req, (body, over) => runHandler(ctx, async () => {
     ctx.body = body;
     if (rt.latencyMs > 0) await sleep(rt.latencyMs);
+    const script = takeScript(ctx);
+    if (script) return sendScripted(ctx, script);
     if (over) throw new ApiError(413, 'limit-exceeded', 'Maximum upload size exceeded');
     ctx.faultEligible = faultEligible(ctx);
     const fault = ctx.faultEligible ? drawFault() : null;
@@ -570,6 +574,69 @@ function faultsView() {
   if (!rt.faults) return {};
   const { pathsRe, ...rest } = rt.faults;
   return rest;
+}
+
+/* ------------------------------------------------------------------ */
+/* Scripted answers: exactly this status, these headers, this body     */
+/* ------------------------------------------------------------------ */
+
+/* setScript serves POST /_control/script: the next `times` matching /v2 calls get the given answer; {} clears every script. */
+function setScript(b) {
+  if (Object.keys(b).length === 0) {
+    rt.scripts = [];
+    return scriptsView();
+  }
+  const str = (k, dflt) => {
+    const v = b[k] === undefined ? dflt : b[k];
+    if (typeof v !== 'string') throw badRequest(`${k} must be a string`);
+    return v;
+  };
+  const times = b.times === undefined ? 1 : b.times;
+  if (!Number.isInteger(times) || times < 1 || times > 1e9) throw badRequest('times must be an integer between 1 and 1000000000');
+  const status = b.status === undefined ? 200 : b.status;
+  if (!Number.isInteger(status) || status < 200 || status > 599) throw badRequest('status must be an integer between 200 and 599');
+  const headers = b.headers === undefined ? {} : b.headers;
+  if (!headers || typeof headers !== 'object' || Array.isArray(headers)) throw badRequest('headers must be a JSON object');
+  for (const [name, value] of Object.entries(headers)) {
+    try {
+      http.validateHeaderName(name);
+      http.validateHeaderValue(name, String(value));
+    } catch (e) {
+      throw badRequest(`header ${JSON.stringify(name)} is not valid: ${e.message}`);
+    }
+  }
+  const sc = { method: b.method == null ? null : str('method').toUpperCase(), path: str('path', ''), status, headers,
+    body: str('body', ''), times };
+  try {
+    sc.pathRe = new RegExp(sc.path);
+  } catch (e) {
+    throw badRequest('path is not a valid regular expression: ' + e.message);
+  }
+  rt.scripts.push(sc);
+  return scriptsView();
+}
+
+function scriptsView() {
+  return rt.scripts.map(({ pathRe, body, ...rest }) => Object.assign(rest, { body_bytes: Buffer.byteLength(body) }));
+}
+
+/* takeScript returns the first script matching this call (method, and path with query) and uses up one of its times. */
+function takeScript(ctx) {
+  const target = ctx.req.url;
+  const i = rt.scripts.findIndex((sc) => (sc.method === null || sc.method === ctx.method) && sc.pathRe.test(target));
+  if (i < 0) return null;
+  const sc = rt.scripts[i];
+  if (--sc.times === 0) rt.scripts.splice(i, 1);
+  stats.scripted++;
+  return sc;
+}
+
+/* sendScripted answers exactly what the script says; Content-Length is added unless the script sets it. */
+function sendScripted(ctx, sc) {
+  const body = Buffer.from(sc.body, 'utf8');
+  const headers = Object.assign({}, sc.headers);
+  if (!Object.keys(headers).some((h) => h.toLowerCase() === 'content-length')) headers['Content-Length'] = body.length;
+  send(ctx, sc.status, headers, body);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1618,7 +1685,7 @@ function num(b, field, min, max) {
   return v;
 }
 
-/* handleControl serves /_control/...: test-driven signer actions, faults, clocks, stats and reset. */
+/* handleControl serves /_control/...: test-driven signer actions, faults, scripts, clocks, stats and reset. */
 function handleControl(ctx, segs) {
   const m = ctx.method;
   const p = segs.join('/');
@@ -1649,6 +1716,8 @@ function handleControl(ctx, segs) {
   }
   if (m === 'GET' && p === 'faults') return ok(faultsView());
   if (m === 'POST' && p === 'faults') { setFaults(body()); return ok(faultsView()); }
+  if (m === 'GET' && p === 'script') return ok(scriptsView());
+  if (m === 'POST' && p === 'script') return ok(setScript(body()));
   if (m === 'POST' && p === 'latency') { rt.latencyMs = num(body(), 'ms', 0, 3600000); return ok({ ms: rt.latencyMs }); }
   if (m === 'POST' && p === 'token-ttl') { rt.tokenTtl = Math.floor(num(body(), 'seconds', 1, 31536000)); return ok({ seconds: rt.tokenTtl }); }
   if (m === 'POST' && p === 'expire-tokens') { tokenGen++; tokenCache.clear(); return ok(); }

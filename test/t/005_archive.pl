@@ -141,7 +141,8 @@ scenario 'download: bytes equal to what boto3 reads, audit entry downloaded' => 
 	isnt($rc, 0, 'download of an unknown kind fails');
 
 	# the portal's role: its own tenant's request only (row-level security)
-	$node->safe_psql('postgres', 'CREATE ROLE portal_dl LOGIN IN ROLE qes_sign_app');
+	$node->safe_psql('postgres', 'CREATE ROLE portal_dl LOGIN IN ROLE qes_sign_app; '
+		  . "SELECT qes_sign.grant_tenant('portal_dl', 'hv-test')");
 	my ($out, $err) = ('', '');
 	$rc = $node->psql('postgres', "SET ROLE portal_dl; SET qes_sign.verwaltung = 'hv-test'; "
 		  . "SELECT encode(sha256(qes_sign.download('$id')), 'hex')", stdout => \$out, stderr => \$err);
@@ -173,6 +174,9 @@ scenario 'a corrupted object: download fails and names it, never gives wrong byt
 	isnt($rc, 0, 'download of the corrupted object fails');
 	is($out, '', 'no bytes returned');
 	like($err, qr/\Q$key\E|signed\.pdf|signed_pdf/, 'the error names the object') or diag($err);
+	my $bad_sha = sha256_hex($bad);
+	unlike($err, qr/\Q$objs->{signed_pdf}{sha256}\E|\Q$bad_sha\E|\b\Q${\ length($bad)}\E bytes/,
+		'the error reveals neither digest nor size') or diag($err);
 	note("error: $err");
 	is(one("SELECT encode(qes_sign.download('$id', 'record_json'), 'hex')"),
 		unpack('H*', slurp_bin("$tmp/record_json")), 'the other objects still download');
@@ -261,7 +265,8 @@ scenario 'purge: refused inside the retention period, done after it' => sub {
 	like($err, qr/retention|$until/i, 'the refusal names the retention period') or diag($err);
 	is(scalar @{ s3_check($s3, 'list', $prefix)->{objects} }, 4, 'the four objects stay in the bucket');
 
-	$node->safe_psql('postgres', 'CREATE ROLE portal_purge LOGIN IN ROLE qes_sign_app');
+	$node->safe_psql('postgres', 'CREATE ROLE portal_purge LOGIN IN ROLE qes_sign_app; '
+		  . "SELECT qes_sign.grant_tenant('portal_purge', 'hv-test')");
 	$rc = $node->psql('postgres', "SET ROLE portal_purge; SET qes_sign.verwaltung = 'hv-test'; "
 		  . "SELECT qes_sign.purge('$id')", stderr => \$err);
 	isnt($rc, 0, 'purge by the portal role (qes_sign_app) is refused');

@@ -1,0 +1,1146 @@
+/* qes_sign--1.0--1.1.sql: the trust boundary
+ *
+ * - every function that pins search_path names pg_temp last (a temporary
+ *   table can no longer stand in for an extension table);
+ * - tenants are granted to roles (grant_tenant, revoke_tenant); the setting
+ *   qes_sign.verwaltung only selects among them;
+ * - notifications carry the request id, event and status, nothing else;
+ *   texts from Skribble are cut to a bound and never block a transition;
+ *   an answer the worker cannot apply is a failed attempt;
+ * - one unprocessed callback per request and type, bodies capped, none
+ *   stored for a request that has ended;
+ * - the audit chain is anchored in the archive bucket, and its head moves
+ *   only with the chain.
+ *
+ * A fresh CREATE EXTENSION runs qes_sign--1.0.sql and then this script.
+ */
+
+\echo Use "ALTER EXTENSION qes_sign UPDATE TO '1.1'" to load this file. \quit
+
+-------------------------------------------------------------------------------
+-- Small rules shared below
+-------------------------------------------------------------------------------
+
+-- _cut bounds a text that comes from outside (Skribble's decline and error
+-- messages): at most n characters, marked where it was cut
+CREATE FUNCTION _cut(t text, n int) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN length(t) > n THEN left(t, n - 1) || '…' ELSE t END
+$$;
+
+-- _check_verwaltung: a tenant name is the first segment of its requests'
+-- archive keys, so no "/", no control characters, no "." or "..", and no
+-- leading "_" (reserved for the bucket's own prefixes such as _audit/)
+CREATE FUNCTION _check_verwaltung(v text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF v IS NULL OR btrim(v) = '' THEN
+        PERFORM _invalid('verwaltung', 'must be a non-empty string', p_code => '22004');
+    END IF;
+    IF v ~ '[/[:cntrl:]]' OR v IN ('.', '..') OR v LIKE '\_%' OR length(v) > 200 THEN
+        PERFORM _invalid('verwaltung',
+            'must not contain "/" or control characters, start with "_", be "." or "..", or exceed 200 characters',
+            format('The value is %s.', to_jsonb(v)));
+    END IF;
+END
+$$;
+
+-------------------------------------------------------------------------------
+-- Tenants bound to roles
+-------------------------------------------------------------------------------
+CREATE TABLE tenant_grants (
+    role        regrole NOT NULL,
+    verwaltung  text NOT NULL,
+    granted_by  text NOT NULL,
+    granted_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (role, verwaltung)
+);
+CREATE INDEX ON tenant_grants (verwaltung);
+COMMENT ON TABLE tenant_grants IS
+    'Which roles may act for which tenant (verwaltung); qes_sign.verwaltung selects among them';
+SELECT pg_catalog.pg_extension_config_dump('tenant_grants', '');
+
+-- _tenant_granted: the acting role (the session's role, SET ROLE counts;
+-- membership counts) holds a grant for that tenant
+CREATE FUNCTION _tenant_granted(p_verwaltung text) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT FROM qes_sign.tenant_grants g
+                    WHERE g.verwaltung = p_verwaltung
+                      AND pg_catalog.pg_has_role(qes_sign.acting_role(), g.role, 'MEMBER'))
+$$;
+
+-- _session_tenant: the tenant the session selected with qes_sign.verwaltung,
+-- if the acting role holds it; NULL otherwise.  Row-level security compares
+-- with it (as an InitPlan: once per query).
+CREATE FUNCTION _session_tenant() RETURNS text
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, qes_sign, pg_temp AS $$
+    SELECT v FROM (SELECT nullif(current_setting('qes_sign.verwaltung', true), '') AS v) s
+     WHERE _tenant_granted(s.v)
+$$;
+COMMENT ON FUNCTION _session_tenant() IS
+    'The tenant in qes_sign.verwaltung if the acting role holds a grant for it, else NULL';
+
+CREATE FUNCTION grant_tenant(role regrole, verwaltung text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, qes_sign, pg_temp AS $$
+BEGIN
+    PERFORM _require_admin('grant a tenant');
+    IF role IS NULL THEN
+        PERFORM _invalid('role', 'must not be null', p_code => '22004');
+    END IF;
+    PERFORM _check_verwaltung(verwaltung);
+    INSERT INTO tenant_grants (role, verwaltung, granted_by) VALUES (role, verwaltung, acting_role())
+    ON CONFLICT DO NOTHING;
+    IF FOUND THEN
+        PERFORM _emit(NULL, 'tenant_granted', jsonb_build_object('role', role::text), verwaltung);
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION grant_tenant(regrole, text) IS
+    'Lets a role (and its members) act for a tenant; admin only';
+
+CREATE FUNCTION revoke_tenant(role regrole, verwaltung text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, qes_sign, pg_temp AS $$
+BEGIN
+    PERFORM _require_admin('revoke a tenant');
+    DELETE FROM tenant_grants g WHERE g.role = revoke_tenant.role AND g.verwaltung = revoke_tenant.verwaltung;
+    IF FOUND THEN
+        PERFORM _emit(NULL, 'tenant_revoked', jsonb_build_object('role', role::text), verwaltung);
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION revoke_tenant(regrole, text) IS 'Takes a tenant grant back; admin only';
+
+-- my_tenants: what the portal's role may select in qes_sign.verwaltung
+CREATE FUNCTION my_tenants() RETURNS SETOF text
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, qes_sign, pg_temp AS $$
+    SELECT DISTINCT g.verwaltung FROM tenant_grants g
+     WHERE pg_has_role(acting_role(), g.role, 'MEMBER') ORDER BY 1
+$$;
+COMMENT ON FUNCTION my_tenants() IS 'The tenants the acting role holds (what qes_sign.verwaltung may select)';
+
+-- _require_admin refuses anyone but qes_sign_admin (and superusers)
+CREATE FUNCTION _require_admin(p_action text) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF NOT _is_admin() THEN
+        RAISE EXCEPTION 'only qes_sign_admin may %', p_action USING ERRCODE = '42501';
+    END IF;
+END
+$$;
+
+-- _acts_for: the caller may act for a tenant (operators for all of them)
+CREATE OR REPLACE FUNCTION _acts_for(p_verwaltung text) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT _is_admin() OR p_verwaltung = _session_tenant()
+$$;
+
+-- _check_session: an application session has selected a tenant its role
+-- holds; every API call starts here (42501 otherwise)
+CREATE FUNCTION _check_session() RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v text := nullif(current_setting('qes_sign.verwaltung', true), '');
+BEGIN
+    IF _is_admin() THEN
+        RETURN;
+    ELSIF v IS NULL THEN
+        RAISE EXCEPTION 'qes_sign.verwaltung is not set' USING ERRCODE = '42501',
+            HINT = 'The application selects its tenant per transaction: SET LOCAL qes_sign.verwaltung = ''...''.';
+    ELSIF NOT _tenant_granted(v) THEN
+        RAISE EXCEPTION 'role "%" may not act for verwaltung "%"', acting_role(), v
+            USING ERRCODE = '42501', COLUMN = 'verwaltung',
+                  HINT = 'An administrator grants tenants: SELECT qes_sign.grant_tenant(role, verwaltung).';
+    END IF;
+END
+$$;
+
+-- _check_tenant: an application session acts only for its own tenant
+CREATE OR REPLACE FUNCTION _check_tenant(p_verwaltung text) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    PERFORM _check_session();
+    IF NOT _acts_for(p_verwaltung) THEN
+        RAISE EXCEPTION 'verwaltung "%" is not the tenant of this session', p_verwaltung
+            USING ERRCODE = '42501', COLUMN = 'verwaltung';
+    END IF;
+END
+$$;
+
+-- _lock_request locks a request the caller may act on; another tenant's
+-- request reads as missing, and is not even locked (waiting for a lock
+-- someone holds on it would tell that it exists)
+CREATE OR REPLACE FUNCTION _lock_request(p_id uuid) RETURNS signatur_anfragen
+LANGUAGE plpgsql AS $$
+DECLARE
+    r signatur_anfragen;
+BEGIN
+    PERFORM _check_session();
+    SELECT * INTO r FROM signatur_anfragen a
+     WHERE a.id = p_id AND (_is_admin() OR a.verwaltung = _session_tenant())
+       FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'signature request % does not exist', p_id
+            USING ERRCODE = 'P0002', COLUMN = 'id';
+    END IF;
+    RETURN r;
+END
+$$;
+
+-- row-level security: the tenant the session selected and holds
+DROP POLICY tenant ON signatur_anfragen;
+DROP POLICY tenant ON audit_log;
+CREATE POLICY tenant ON signatur_anfragen TO qes_sign_app
+    USING (verwaltung = (SELECT qes_sign._session_tenant()));
+CREATE POLICY tenant ON audit_log TO qes_sign_app
+    USING (verwaltung = (SELECT qes_sign._session_tenant()));
+ALTER TABLE tenant_grants ENABLE ROW LEVEL SECURITY;
+CREATE POLICY admin ON tenant_grants TO qes_sign_admin USING (true);
+
+-------------------------------------------------------------------------------
+-- Notifications: any role may LISTEN, so a payload names the request, the
+-- event and the status, and nothing personal; audit entries keep the rest
+-------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION _emit(p_id uuid, p_event text, p_detail jsonb DEFAULT '{}',
+                                 p_verwaltung text DEFAULT NULL, p_status anfrage_status DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, qes_sign, pg_temp AS $$
+BEGIN
+    IF p_verwaltung IS NULL AND p_id IS NOT NULL THEN
+        SELECT verwaltung, status INTO p_verwaltung, p_status
+          FROM signatur_anfragen WHERE id = p_id;
+    END IF;
+    INSERT INTO audit_log (request_id, verwaltung, event, detail)
+    VALUES (p_id, p_verwaltung, p_event, coalesce(p_detail, '{}'));
+    IF p_id IS NOT NULL THEN
+        PERFORM pg_notify('qes_sign', jsonb_build_object('id', p_id, 'event', p_event, 'status', p_status)::text);
+    END IF;
+END
+$$;
+
+-------------------------------------------------------------------------------
+-- The API: tenant checks, restarted_from, download
+-------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION create_request(verwaltung text, title text, document bytea, signers jsonb,
+                               message text DEFAULT NULL,
+                               vorgangstyp text DEFAULT 'mietvertrag',
+                               ordered boolean DEFAULT false,
+                               expires_in interval DEFAULT NULL,
+                               restarted_from uuid DEFAULT NULL,
+                               id uuid DEFAULT NULL)
+RETURNS uuid LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, qes_sign, pg_temp AS $$
+DECLARE
+    t vorgangstypen;
+    list jsonb;
+    new_id uuid := coalesce(create_request.id, gen_random_uuid());
+    -- GUC values with units print as "30d", "720h": valid interval input
+    lifetime interval := coalesce(expires_in, current_setting('qes_sign.expiry')::interval);
+    digest bytea;
+BEGIN
+    PERFORM _check_verwaltung(verwaltung);
+    PERFORM _check_tenant(verwaltung);
+    IF restarted_from IS NOT NULL THEN
+        PERFORM _lock_request(restarted_from);   -- another tenant's reads as unknown
+    END IF;
+    IF title IS NULL OR btrim(title) = '' THEN
+        PERFORM _invalid('title', 'must be a non-empty string', p_code => '22004');
+    ELSIF length(title) > 500 THEN
+        PERFORM _invalid('title', 'is longer than 500 characters');
+    END IF;
+    IF length(message) > 5000 THEN
+        PERFORM _invalid('message', 'is longer than 5000 characters');
+    END IF;
+    SELECT * INTO t FROM vorgangstypen v WHERE v.vorgangstyp = create_request.vorgangstyp;
+    IF NOT FOUND THEN
+        PERFORM _invalid('vorgangstyp', 'is not a known request type',
+            format('The value is %s.', to_jsonb(create_request.vorgangstyp)),
+            p_hint => (SELECT 'Known types: ' || string_agg(v.vorgangstyp, ', ' ORDER BY 1) FROM vorgangstypen v));
+    END IF;
+    IF ordered IS NULL THEN
+        PERFORM _invalid('ordered', 'must be true or false', p_code => '22004');
+    END IF;
+    IF lifetime <= interval '0' OR lifetime > interval '365 days' THEN
+        PERFORM _invalid('expires_in', 'must be between 0 and 365 days');
+    END IF;
+    PERFORM _check_document(document);
+    digest := sha256(document);             -- once: 1 MB takes a while
+    list := _check_signers(signers, ordered);
+    -- a caller-chosen id makes a retried call safe: it cannot create twice
+    IF EXISTS (SELECT FROM signatur_anfragen a WHERE a.id = new_id) THEN
+        PERFORM _invalid('id', 'is already taken by another signature request',
+            format('The value is %s.', new_id), '23505');
+    END IF;
+
+    INSERT INTO signatur_anfragen (id, verwaltung, vorgangstyp, title, message, document,
+                                   document_sha256, document_size, ordered, quality, legislation,
+                                   created_by, created_at, expires_at, restarted_from)
+    VALUES (new_id, verwaltung, t.vorgangstyp, btrim(title), message, document,
+            digest, length(document), ordered, t.min_quality,
+            current_setting('qes_sign.legislation'), acting_role(), clock(), clock() + lifetime,
+            restarted_from);
+    INSERT INTO qes_sign.signers (request_id, position, email, first_name, last_name,
+                                  language, mobile, sequence)
+    SELECT new_id, ord - 1, s ->> 'email', s ->> 'first_name', s ->> 'last_name',
+           s ->> 'language', s ->> 'mobile', (s ->> 'sequence')::int
+      FROM jsonb_array_elements(list) WITH ORDINALITY AS e(s, ord);
+
+    PERFORM _emit(new_id, 'created', jsonb_strip_nulls(jsonb_build_object(
+        'vorgangstyp', t.vorgangstyp, 'title', btrim(title), 'signers', jsonb_array_length(list),
+        'document_sha256', encode(digest, 'hex'), 'document_size', length(document),
+        'restarted_from', restarted_from)), verwaltung, 'offen');
+    PERFORM _enqueue(new_id, 'submit');
+    RETURN new_id;
+END
+$$;
+
+-- download: an archived object, read back from the bucket and checked
+-- against its recorded SHA-256; who fetched what goes into the audit trail.
+-- A mismatch names neither digest nor size: the caller learns only that
+-- the object is not what was archived.
+CREATE OR REPLACE FUNCTION download(id uuid, kind text DEFAULT 'signed_pdf') RETURNS bytea
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, qes_sign, pg_temp AS $$
+DECLARE
+    r signatur_anfragen := _lock_request(id);
+    o archive_objects;
+    got record;
+BEGIN
+    SELECT * INTO o FROM archive_objects a WHERE a.request_id = r.id AND a.kind = download.kind;
+    IF NOT FOUND THEN
+        IF kind NOT IN ('signed_pdf', 'protocol_pdf', 'protocol_json', 'record_json') THEN
+            PERFORM _invalid('kind', 'is not an archive object',
+                             format('The value is %s.', to_jsonb(kind)),
+                             p_hint => 'Kinds: signed_pdf, protocol_pdf, protocol_json, record_json.');
+        END IF;
+        RAISE EXCEPTION 'signature request % has no archived %', r.id, kind
+            USING ERRCODE = '55000', DETAIL = format('The request is %s.', r.status);
+    END IF;
+    got := _s3_request('GET', o.bucket, o.key);
+    IF got.error IS NOT NULL OR got.status <> 200 THEN
+        RAISE EXCEPTION 'could not read archive object %', o.key
+            USING ERRCODE = '58030', DETAIL = coalesce(got.error, _s3_message(got.body, got.status));
+    END IF;
+    IF sha256(got.body) <> o.sha256 THEN
+        RAISE EXCEPTION 'archive object % does not match its recorded SHA-256', o.key
+            USING ERRCODE = 'XX001',
+                  DETAIL = 'The bucket holds other bytes than were archived; nothing was returned.',
+                  HINT = 'An operator compares the object with the digest in the audit trail (event archived).';
+    END IF;
+    PERFORM _emit(r.id, 'downloaded', jsonb_build_object('kind', kind, 'key', o.key,
+                                                         'sha256', encode(o.sha256, 'hex')));
+    RETURN got.body;
+END
+$$;
+
+-- purge: only operators (qes_sign_admin) purge; the check now comes first
+CREATE OR REPLACE FUNCTION purge(id uuid) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, qes_sign, pg_temp AS $$
+DECLARE
+    r signatur_anfragen;
+    o archive_objects;
+    got record;
+BEGIN
+    PERFORM _require_admin('purge');
+    r := _lock_request(id);
+    PERFORM _require_status(r, 'purge', 'archiviert');
+    IF r.purged_at IS NOT NULL THEN
+        RAISE EXCEPTION 'signature request % was purged at %', r.id, r.purged_at USING ERRCODE = '55000';
+    END IF;
+    IF (clock() AT TIME ZONE 'Europe/Berlin')::date <= r.retention_until THEN
+        RAISE EXCEPTION 'signature request % must be kept until %', r.id, to_char(r.retention_until, 'YYYY-MM-DD')
+            USING ERRCODE = '55000',
+                  DETAIL = (SELECT format('%s: %s years after the year of completion (%s).',
+                                          t.bezeichnung, t.retention_years, t.retention_basis)
+                              FROM vorgangstypen t WHERE t.vorgangstyp = r.vorgangstyp);
+    END IF;
+    FOR o IN SELECT * FROM archive_objects a WHERE a.request_id = r.id LOOP
+        got := _s3_request('DELETE', o.bucket, o.key);
+        IF got.error IS NOT NULL OR got.status NOT IN (200, 204, 404) THEN
+            RAISE EXCEPTION 'could not delete archive object %', o.key
+                USING ERRCODE = '58030', DETAIL = coalesce(got.error, _s3_message(got.body, got.status));
+        END IF;
+    END LOOP;
+    PERFORM _emit(r.id, 'purged', jsonb_build_object('retention_until', r.retention_until,
+        'objects', (SELECT jsonb_agg(a.key ORDER BY a.kind) FROM archive_objects a WHERE a.request_id = r.id)));
+    DELETE FROM archive_objects WHERE request_id = r.id;
+    UPDATE signers SET first_name = '', last_name = '', email = 'purged-' || signers.id || '@invalid',
+           mobile = NULL, decline_message = NULL
+     WHERE request_id = r.id;
+    UPDATE signatur_anfragen SET title = 'purged', message = NULL, document = NULL, purged_at = clock()
+     WHERE signatur_anfragen.id = r.id;
+END
+$$;
+
+-------------------------------------------------------------------------------
+-- S3 calls from a backend: PUT, a query string and headers as well
+-------------------------------------------------------------------------------
+DROP FUNCTION _s3_request(text, text, text);
+CREATE FUNCTION _s3_request(method text, bucket text, key text, query text DEFAULT NULL,
+                            data bytea DEFAULT NULL, headers text[] DEFAULT NULL,
+                            OUT status int, OUT body bytea, OUT error text)
+    LANGUAGE c AS 'MODULE_PATHNAME', 'qes_sign_s3_request';
+
+-------------------------------------------------------------------------------
+-- Callbacks: one unprocessed row per request and type, a bounded body, and
+-- nothing stored for a request that has ended
+-------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION _take_callback(p_source text, p_request uuid, p_type text, p_sr text, p_doc text,
+                               p_sig text, p_webhook_id text, p_body bytea)
+RETURNS callback_receipt LANGUAGE plpgsql AS $$
+DECLARE
+    stored boolean;
+BEGIN
+    INSERT INTO callback_inbox (request_id, callback_type, source, signature_request_id,
+                                document_id, signature_id, webhook_id, dedupe_key, body)
+    SELECT p_request, p_type, p_source, p_sr, p_doc, p_sig, p_webhook_id,
+           coalesce(p_request || '/' || p_type, p_webhook_id), p_body
+     WHERE p_request IS NULL
+        OR EXISTS (SELECT FROM signatur_anfragen a WHERE a.id = p_request AND a.status IN ('offen', 'in_signatur'))
+    ON CONFLICT DO NOTHING;
+    stored := FOUND;
+    IF stored THEN
+        PERFORM _wake_at_commit();
+    END IF;
+    PERFORM _count(p_source || 's_accepted');
+    RETURN ROW(p_request, p_type, NOT stored)::callback_receipt;
+END
+$$;
+
+-- webhook ids seen: a delivery counts once even when it stored nothing (its
+-- request had a callback waiting already, or has ended); kept a day, far
+-- beyond qes_sign.webhook_tolerance, after which a replay fails anyway
+CREATE TABLE webhook_ids (
+    webhook_id   text PRIMARY KEY,
+    received_at  timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE webhook_ids IS 'Webhook ids received in the last day (Standard Webhooks replay protection)';
+SELECT pg_catalog.pg_extension_config_dump('webhook_ids', '');
+
+CREATE OR REPLACE FUNCTION receive_webhook(headers jsonb, body bytea) RETURNS callback_receipt
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, qes_sign, pg_temp AS $$
+DECLARE
+    h jsonb;
+    payload jsonb;
+    rid uuid;
+    kind text;
+BEGIN
+    IF length(body) > 65536 THEN
+        PERFORM _count('webhooks_rejected');
+        RAISE EXCEPTION 'webhook body is larger than 65536 bytes' USING ERRCODE = '54000',
+            DETAIL = 'Skribble''s callbacks carry a few hundred bytes; nothing was stored.';
+    END IF;
+    IF jsonb_typeof(headers) IS DISTINCT FROM 'object' THEN
+        PERFORM _reject('webhooks_rejected', 'webhook rejected: headers must be a JSON object');
+    END IF;
+    SELECT jsonb_object_agg(lower(key), value) INTO h FROM jsonb_each_text(headers);
+    PERFORM _verify_webhook(h ->> 'webhook-id', h ->> 'webhook-timestamp',
+                            h ->> 'webhook-signature', body);
+    INSERT INTO webhook_ids (webhook_id) VALUES (h ->> 'webhook-id') ON CONFLICT DO NOTHING;
+    IF NOT FOUND THEN
+        RETURN ROW(NULL, NULL, true)::callback_receipt;  -- a replay: seen before
+    END IF;
+    BEGIN
+        payload := convert_from(body, 'UTF8')::jsonb;
+    EXCEPTION WHEN OTHERS THEN
+        PERFORM _reject('webhooks_rejected', 'webhook rejected: the body is not JSON');
+    END;
+    IF jsonb_typeof(payload -> 'url') = 'string' THEN
+        RETURN _take_signed_url('webhook', payload ->> 'url', h ->> 'webhook-id', body);
+    END IF;
+    -- otherwise a request named by its Skribble id, if any (else a ping)
+    SELECT a.id INTO rid FROM signatur_anfragen a
+     WHERE a.skribble_id = payload ->> 'signature_request_id';
+    kind := lower(payload ->> 'type');
+    RETURN _take_callback('webhook', rid, CASE WHEN kind IN ('success', 'update', 'error') THEN kind END,
+                          payload ->> 'signature_request_id', payload ->> 'document_id',
+                          payload ->> 'signature_id', h ->> 'webhook-id', body);
+END
+$$;
+
+-------------------------------------------------------------------------------
+-- Texts from Skribble are bounded (decline and error messages: 2,000
+-- characters), so that no answer is too large to record
+-------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION _skribble_message(body bytea, http_status int, OUT message text, OUT key text)
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    t text;
+    j jsonb;
+BEGIN
+    BEGIN
+        t := convert_from(body, 'UTF8');
+        j := t::jsonb;
+        message := j ->> 'message';
+        key := _cut(j ->> 'key', 200);
+    EXCEPTION WHEN OTHERS THEN
+        message := btrim(t);
+    END;
+    message := coalesce(nullif(_cut(message, 2000), ''), 'HTTP ' || http_status);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION _apply_signature(p_request uuid, sig jsonb, field text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    s signers;
+    v_email text := lower(sig #>> '{signer_identity_data,email_address}');
+    viewed timestamptz := _ts(sig ->> 'last_viewed_at', field || '.last_viewed_at');
+    signed timestamptz := _ts(sig ->> 'signed_at', field || '.signed_at');
+    message text := _cut(sig ->> 'decline_message', 2000);
+    new_status signer_status;
+BEGIN
+    SELECT * INTO s FROM signers x
+     WHERE x.request_id = p_request AND x.sid = sig ->> 'sid';
+    IF NOT FOUND THEN
+        SELECT * INTO s FROM signers x
+         WHERE x.request_id = p_request AND x.status <> 'replaced'
+           AND lower(x.email) = v_email AND x.sid IS NULL;
+    END IF;
+    IF NOT FOUND OR s.status = 'replaced' THEN
+        RETURN;  -- not ours (or taken out locally): nothing to apply
+    END IF;
+    new_status := coalesce(_signer_status(sig ->> 'status_code',
+                                          viewed IS NOT NULL OR s.viewed_at IS NOT NULL),
+                           s.status);
+    UPDATE signers x SET
+        sid             = sig ->> 'sid',
+        skribble_status = sig ->> 'status_code',
+        viewed_at       = coalesce(x.viewed_at, viewed),
+        signed_at       = coalesce(signed, x.signed_at),
+        declined_at     = CASE WHEN new_status = 'declined'
+                               THEN coalesce(x.declined_at, clock()) END,
+        decline_message = coalesce(message, x.decline_message),
+        signed_quality  = coalesce(sig ->> 'signed_quality', x.signed_quality),
+        status          = new_status
+     WHERE x.id = s.id
+       AND (x.sid, x.skribble_status, x.viewed_at, x.signed_at, x.decline_message,
+            x.signed_quality, x.status)
+           IS DISTINCT FROM
+           (sig ->> 'sid', sig ->> 'status_code', coalesce(x.viewed_at, viewed),
+            coalesce(signed, x.signed_at), coalesce(message, x.decline_message),
+            coalesce(sig ->> 'signed_quality', x.signed_quality), new_status);
+    IF FOUND AND _signer_status(sig ->> 'status_code', true) IS NULL THEN
+        PERFORM _emit(p_request, 'unknown_signer_status',
+                      jsonb_build_object('signer', s.email, 'status_code', _cut(sig ->> 'status_code', 100)));
+    END IF;
+END
+$$;
+
+-- _record_unapplied: the worker could not apply an answer (it raised): a
+-- failed attempt like any other, retried with backoff and given up
+-- visibly after qes_sign.retry_max_attempts
+CREATE FUNCTION _record_unapplied(p_item bigint, call_kind text, error text) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, qes_sign, pg_temp AS $$
+DECLARE
+    w work_items;
+BEGIN
+    SELECT * INTO w FROM work_items WHERE id = p_item FOR UPDATE;
+    IF NOT FOUND OR w.state <> 'pending' THEN
+        RETURN 'stale';
+    END IF;
+    RETURN _retry(w, 'answer could not be applied: ' || _cut(error, 500), call_kind);
+END
+$$;
+
+-------------------------------------------------------------------------------
+-- The audit trail: its head moves only with the chain, and the chain is
+-- anchored outside the database (the archive bucket, under _audit/)
+-------------------------------------------------------------------------------
+CREATE FUNCTION _audit_head_guard() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'qes_sign_audit_head_guard';
+CREATE TRIGGER head_guard BEFORE INSERT OR UPDATE ON audit_head
+    FOR EACH ROW EXECUTE FUNCTION _audit_head_guard();
+ALTER TABLE audit_head ENABLE ALWAYS TRIGGER head_guard;
+ALTER TABLE audit_head ENABLE ROW LEVEL SECURITY;
+CREATE POLICY admin ON audit_head TO qes_sign_admin USING (true);
+
+CREATE TABLE audit_anchors (
+    seq          bigint PRIMARY KEY,
+    hash         bytea NOT NULL,
+    bucket       text NOT NULL,
+    key          text NOT NULL,
+    anchored_at  timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE audit_anchors IS
+    'Chain heads written to the archive bucket (a local note; verify_audit_chain reads the bucket)';
+SELECT pg_catalog.pg_extension_config_dump('audit_anchors', '');
+
+-- work items without a request: the anchor
+ALTER TABLE work_items ALTER request_id DROP NOT NULL;
+ALTER TABLE work_items DROP CONSTRAINT work_items_kind_check;
+ALTER TABLE work_items ADD CONSTRAINT work_items_kind_check CHECK (kind IN
+    ('submit', 'refresh', 'remind', 'withdraw', 'replace_signer', 'archive', 'expire', 'anchor'));
+ALTER TABLE work_items ADD CONSTRAINT work_items_request_check
+    CHECK ((request_id IS NULL) = (kind = 'anchor'));
+CREATE UNIQUE INDEX work_items_one_anchor ON work_items (kind) WHERE state = 'pending' AND kind = 'anchor';
+
+-- _anchor_prefix: where this database's anchors live in the bucket
+CREATE FUNCTION _anchor_prefix() RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT '_audit/' || current_database() || '/'
+$$;
+
+-- _anchor: the anchor of the current head: its key (newest first in a
+-- listing: the number is 2^63 - 1 - seq; the hash in the name keeps an
+-- anchor of a rewritten chain from replacing the genuine one of the same
+-- entry), and the JSON written there, with
+-- the hash of every entry since the previous anchor (at most 10,000, evenly
+-- spread, the head always) so that a rewrite is located, not only noticed
+CREATE FUNCTION _anchor(OUT seq bigint, OUT hash bytea, OUT key text, OUT body bytea)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    prev audit_anchors;
+    step bigint;
+BEGIN
+    SELECT l.seq, l.hash INTO seq, hash FROM audit_log l ORDER BY l.seq DESC LIMIT 1;
+    IF seq IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT * INTO prev FROM audit_anchors a WHERE a.seq < _anchor.seq ORDER BY a.seq DESC LIMIT 1;
+    step := greatest(1, ceil((seq - coalesce(prev.seq, 0)) / 10000.0)::bigint);
+    key := format('%s%s-%s-%s.json', _anchor_prefix(), lpad((9223372036854775807 - seq)::text, 19, '0'),
+                  seq, left(encode(hash, 'hex'), 16));
+    body := convert_to(jsonb_build_object(
+        'format', 'qes_sign-audit-anchor-v1', 'database', current_database(),
+        'seq', seq, 'hash', encode(hash, 'hex'), 'at', _iso(clock()),
+        'previous', CASE WHEN prev.seq IS NOT NULL
+                         THEN jsonb_build_object('seq', prev.seq, 'hash', encode(prev.hash, 'hex')) END,
+        'entries', (SELECT jsonb_agg(jsonb_build_array(l.seq, encode(l.hash, 'hex')) ORDER BY l.seq)
+                      FROM audit_log l
+                     WHERE l.seq > coalesce(prev.seq, 0) AND l.seq <= _anchor.seq
+                       AND (_anchor.seq - l.seq) % step = 0))::text, 'UTF8');
+END
+$$;
+
+-- _anchor_headers: JSON, and object lock until the longest retention ends
+CREATE FUNCTION _anchor_headers() RETURNS text[] LANGUAGE sql STABLE AS $$
+    SELECT ARRAY['Content-Type: application/json']
+        || CASE WHEN current_setting('qes_sign.s3_object_lock') <> 'off' THEN ARRAY[
+               'x-amz-object-lock-mode: ' || upper(current_setting('qes_sign.s3_object_lock')),
+               'x-amz-object-lock-retain-until-date: '
+               || to_char(clock() AT TIME ZONE 'UTC'
+                          + make_interval(years => (SELECT max(retention_years) + 1 FROM qes_sign.vorgangstypen)),
+                          'YYYY-MM-DD') || 'T23:59:59Z']
+           ELSE '{}' END
+$$;
+
+-- anchor_audit_chain: writes the current head to the bucket now (the worker
+-- does the same every qes_sign.audit_anchor_interval and after each
+-- archived request); returns the object key
+CREATE FUNCTION anchor_audit_chain() RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, qes_sign, pg_temp AS $$
+DECLARE
+    a record;
+    got record;
+BEGIN
+    PERFORM _require_admin('anchor the audit chain');
+    IF NOT _s3_configured() THEN
+        RAISE EXCEPTION 'the archive bucket is not configured' USING ERRCODE = '55000',
+            HINT = 'Set qes_sign.s3_endpoint, qes_sign.s3_bucket and the S3 credentials, then reload.';
+    END IF;
+    LOCK TABLE audit_anchors IN SHARE ROW EXCLUSIVE MODE;   -- one anchor at a time
+    a := _anchor();
+    IF a.seq IS NULL THEN
+        RAISE EXCEPTION 'the audit trail is empty' USING ERRCODE = '55000';
+    END IF;
+    got := _s3_request('PUT', current_setting('qes_sign.s3_bucket'), a.key, NULL, a.body, _anchor_headers());
+    IF got.error IS NOT NULL OR got.status NOT BETWEEN 200 AND 299 THEN
+        RAISE EXCEPTION 'could not write the audit anchor %', a.key
+            USING ERRCODE = '58030', DETAIL = coalesce(got.error, _s3_message(got.body, got.status));
+    END IF;
+    INSERT INTO audit_anchors (seq, hash, bucket, key) VALUES (a.seq, a.hash, current_setting('qes_sign.s3_bucket'), a.key)
+    ON CONFLICT (seq) DO UPDATE SET anchored_at = now();
+    RETURN a.key;
+END
+$$;
+COMMENT ON FUNCTION anchor_audit_chain() IS
+    'Writes the head of the audit chain (and the entries since the last anchor) to the bucket under _audit/; admin';
+
+-- _enqueue_anchor asks the worker for an anchor; one already in flight runs
+-- again when it is done, since it anchored an older head
+CREATE FUNCTION _enqueue_anchor() RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO work_items AS x (request_id, kind) VALUES (NULL, 'anchor')
+    ON CONFLICT (kind) WHERE state = 'pending' AND kind = 'anchor'
+    DO UPDATE SET payload = x.payload || '{"again": true}' WHERE x.leased_until IS NOT NULL;
+    PERFORM _wake_at_commit();
+END
+$$;
+
+-- _anchor_call: the worker's PUT of the current head (NULL and done when
+-- the head is anchored already)
+CREATE FUNCTION _anchor_call(w work_items) RETURNS api_call LANGUAGE plpgsql AS $$
+DECLARE
+    a record := _anchor();
+BEGIN
+    IF a.seq IS NULL OR a.seq <= (SELECT coalesce(max(seq), 0) FROM audit_anchors) THEN
+        PERFORM _finish(w.id, 'done');
+        RETURN NULL;
+    END IF;
+    UPDATE work_items SET payload = payload || jsonb_build_object('seq', a.seq, 'hash', encode(a.hash, 'hex'),
+                                                                  'key', a.key)
+     WHERE id = w.id;
+    RETURN ROW(w.id, NULL, 'put:anchor', 's3', 'PUT', a.key, NULL, a.body, _anchor_headers())::api_call;
+END
+$$;
+
+-- _anchor_stored records a PUT the bucket took
+CREATE FUNCTION _anchor_stored(w work_items) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO audit_anchors (seq, hash, bucket, key)
+    VALUES ((w.payload ->> 'seq')::bigint, decode(w.payload ->> 'hash', 'hex'),
+            current_setting('qes_sign.s3_bucket'), w.payload ->> 'key')
+    ON CONFLICT (seq) DO NOTHING;
+    IF w.payload ? 'again' THEN
+        RETURN _again(w.id, '0', '{}');
+    END IF;
+    RETURN _finish(w.id, 'done');
+END
+$$;
+
+-- _anchor_keys lists the newest anchors in the bucket, newest first: at
+-- most depth of them, every one for depth 0 (page by page)
+CREATE FUNCTION _anchor_keys(depth int, OUT keys text[], OUT error text)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    got record;
+    page text[];
+    want int;
+BEGIN
+    keys := '{}';
+    LOOP
+        want := CASE WHEN depth > 0 THEN least(1000, depth - cardinality(keys)) ELSE 1000 END;
+        EXIT WHEN want <= 0;
+        -- the query in SigV4's canonical order: names sorted, values encoded
+        got := _s3_request('GET', current_setting('qes_sign.s3_bucket'), '',
+                           format('list-type=2&max-keys=%s&prefix=%s', want, _url_escape(_anchor_prefix()))
+                           || coalesce('&start-after=' || _url_escape(keys[cardinality(keys)]), ''));
+        IF got.error IS NOT NULL OR got.status <> 200 THEN
+            error := coalesce(got.error, _s3_message(got.body, got.status));
+            RETURN;
+        END IF;
+        page := xpath('//*[local-name()="Contents"]/*[local-name()="Key"]/text()',
+                      convert_from(got.body, 'UTF8')::xml)::text[];
+        keys := keys || page;
+        EXIT WHEN cardinality(page) < want;
+    END LOOP;
+END
+$$;
+
+-- _anchor_check compares the chain with anchors in the bucket (see
+-- _anchor_keys): an entry whose hash differs from an anchor's was
+-- rewritten; an anchor beyond the last entry means the trail was cut
+CREATE FUNCTION _anchor_check(depth int, OUT first_broken bigint, OUT problem text,
+                              OUT anchored_seq bigint, OUT anchor_check text)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    listed record;
+    got record;
+    k text;
+    anchor jsonb;
+    n bigint;
+    last_seq bigint := (SELECT max(seq) FROM audit_log);
+    bad bigint;
+    read int := 0;
+BEGIN
+    IF NOT _s3_configured() THEN
+        anchor_check := 'not checked: the archive bucket is not configured';
+        RETURN;
+    END IF;
+    listed := _anchor_keys(depth);
+    IF listed.error IS NOT NULL THEN
+        anchor_check := 'not checked: the anchors could not be listed: ' || listed.error;
+        RETURN;
+    END IF;
+    FOREACH k IN ARRAY listed.keys LOOP
+        got := _s3_request('GET', current_setting('qes_sign.s3_bucket'), k);
+        CONTINUE WHEN got.error IS NOT NULL OR got.status <> 200 OR NOT _is_json(got.body);
+        anchor := convert_from(got.body, 'UTF8')::jsonb;
+        n := (anchor ->> 'seq')::bigint;
+        read := read + 1;
+        anchored_seq := greatest(anchored_seq, n);
+        IF n > coalesce(last_seq, 0) THEN
+            bad := coalesce(last_seq, 0) + 1;
+        ELSE
+            SELECT min((e ->> 0)::bigint) INTO bad
+              FROM jsonb_array_elements(anchor -> 'entries') e
+              LEFT JOIN audit_log l ON l.seq = (e ->> 0)::bigint
+             WHERE l.hash IS DISTINCT FROM decode(e ->> 1, 'hex');
+        END IF;
+        IF bad < first_broken OR (bad IS NOT NULL AND first_broken IS NULL) THEN
+            first_broken := bad;
+            problem := CASE WHEN n > coalesce(last_seq, 0)
+                            THEN format('entries %s to %s are missing: the trail ends before its anchor %s', bad, n, k)
+                            ELSE format('entry %s differs from its anchor %s: the trail was rewritten', bad, k) END;
+        END IF;
+    END LOOP;
+    anchor_check := CASE WHEN read = 0 THEN format('no anchors under %s', _anchor_prefix())
+                         ELSE format('checked against %s anchor(s) under %s, the newest of entry %s',
+                                     read, _anchor_prefix(), anchored_seq) END;
+END
+$$;
+
+DROP FUNCTION verify_audit_chain();
+CREATE FUNCTION verify_audit_chain(anchors int DEFAULT 20, OUT ok boolean, OUT entries bigint, OUT first_broken bigint,
+                                   OUT problem text, OUT anchored_seq bigint, OUT anchor_check text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, qes_sign, pg_temp AS $$
+DECLARE
+    head audit_head;
+    last audit_log;
+    a record;
+BEGIN
+    SELECT count(*) INTO entries FROM audit_log;
+    SELECT b.seq, b.problem INTO first_broken, problem FROM (
+        SELECT l.seq,
+               CASE
+                 WHEN l.seq <> coalesce(lag(l.seq) OVER w, 0) + 1
+                     THEN format('entry %s is missing', coalesce(lag(l.seq) OVER w, 0) + 1)
+                 WHEN l.prev_hash <> coalesce(lag(l.hash) OVER w, '\x'::bytea || decode(repeat('00', 32), 'hex'))
+                     THEN format('entry %s does not chain to entry %s', l.seq, l.seq - 1)
+                 WHEN l.hash IS DISTINCT FROM audit_hash(l.prev_hash, l.seq, l.at, l.request_id,
+                                                         l.verwaltung, l.event, l.actor, l.detail)
+                     THEN format('entry %s was altered', l.seq)
+               END AS problem
+          FROM audit_log l WINDOW w AS (ORDER BY l.seq)) b
+     WHERE b.problem IS NOT NULL ORDER BY b.seq LIMIT 1;
+    IF first_broken IS NULL THEN
+        SELECT * INTO head FROM audit_head;
+        SELECT * INTO last FROM audit_log ORDER BY seq DESC LIMIT 1;
+        IF coalesce(head.seq, 0) <> coalesce(last.seq, 0) THEN
+            first_broken := coalesce(last.seq, 0) + 1;
+            problem := format('entries %s to %s are missing', first_broken, head.seq);
+        ELSIF head.hash IS DISTINCT FROM last.hash THEN
+            first_broken := last.seq;
+            problem := format('entry %s is not the head of the chain', last.seq);
+        END IF;
+    END IF;
+    -- a chain that is consistent in itself may still have been recomputed:
+    -- the anchors outside the database tell
+    a := _anchor_check(coalesce(anchors, 20));
+    anchored_seq := a.anchored_seq;
+    anchor_check := a.anchor_check;
+    IF first_broken IS NULL AND a.first_broken IS NOT NULL THEN
+        first_broken := a.first_broken;
+        problem := a.problem;
+    END IF;
+    ok := first_broken IS NULL;
+END
+$$;
+COMMENT ON FUNCTION verify_audit_chain(int) IS
+    'Checks the hash chain of the whole audit trail and the newest anchors in the bucket (0: all of them); names the first broken entry';
+
+-------------------------------------------------------------------------------
+-- The worker: anchors, and answers it cannot apply
+-------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION _archive_finish(w work_items, r signatur_anfragen) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO archive_objects AS o (request_id, kind, bucket, key, sha256, size, content_type,
+                                      stored_at, verified_at)
+    SELECT g.request_id, g.kind, current_setting('qes_sign.s3_bucket'), g.key, g.sha256,
+           g.size, g.content_type, g.stored_at, g.verified_at
+      FROM archive_staging g WHERE g.request_id = r.id
+    ON CONFLICT (request_id, kind) DO UPDATE
+       SET bucket = excluded.bucket, key = excluded.key, sha256 = excluded.sha256, size = excluded.size,
+           content_type = excluded.content_type, stored_at = excluded.stored_at,
+           verified_at = excluded.verified_at;
+    PERFORM _emit(r.id, 'archived', jsonb_build_object(
+        'bucket', current_setting('qes_sign.s3_bucket'), 'retention_until', r.retention_until,
+        'objects', (SELECT jsonb_agg(jsonb_build_object('kind', g.kind, 'key', g.key,
+                        'sha256', encode(g.sha256, 'hex'), 'size', g.size) ORDER BY g.kind)
+                      FROM archive_staging g WHERE g.request_id = r.id)));
+    PERFORM _transition(r.id, 'archiviert');
+    DELETE FROM archive_staging WHERE request_id = r.id;
+    PERFORM _finish(w.id, 'done');
+    PERFORM _enqueue_anchor();
+END
+$$;
+
+-- _retry: archiving and anchoring are never given up (a signed contract,
+-- the evidence of the trail): the auditors are told, the worker keeps trying
+CREATE OR REPLACE FUNCTION _retry(w work_items, failure text, call_kind text DEFAULT NULL, http_status int DEFAULT 0,
+                       retry_after int DEFAULT 0) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    keeps_trying boolean := w.kind IN ('archive', 'anchor');
+BEGIN
+    IF keeps_trying AND w.failures + 1 = current_setting('qes_sign.retry_max_attempts')::int THEN
+        PERFORM _emit(w.request_id, w.kind || '_failing', jsonb_build_object(
+            'reason', failure, 'failures', w.failures + 1));
+    ELSIF NOT keeps_trying AND w.failures + 1 >= current_setting('qes_sign.retry_max_attempts')::int THEN
+        RETURN _record_final(w, call_kind, http_status,
+                             format('gave up after %s failed attempts (last: %s)', w.failures + 1, failure),
+                             NULL, true);
+    END IF;
+    RETURN _again(w.id, CASE WHEN http_status IN (429, 503) AND retry_after > 0
+                             THEN make_interval(secs => retry_after) ELSE _backoff(w.failures + 1) END,
+                  '{}', failure, 'retry');
+END
+$$;
+
+CREATE OR REPLACE FUNCTION _record_result(p_item bigint, call_kind text, http_status int, body bytea,
+                               retry_after int, transport_error text, headers text DEFAULT NULL)
+RETURNS text LANGUAGE plpgsql SET search_path = pg_catalog, qes_sign, pg_temp AS $$
+DECLARE
+    w work_items;
+    m record;
+    answer jsonb;
+    ok boolean := transport_error IS NULL AND http_status BETWEEN 200 AND 299;
+BEGIN
+    SELECT * INTO w FROM work_items WHERE id = p_item FOR UPDATE;
+    IF NOT FOUND OR w.state <> 'pending' THEN
+        RETURN 'stale';
+    END IF;
+    IF w.kind IN ('archive', 'anchor') THEN
+        -- nothing about archiving is final: the request stays vollstaendig
+        IF ok THEN
+            RETURN CASE w.kind WHEN 'anchor' THEN _anchor_stored(w)
+                               ELSE _archive_answer(w, call_kind, body, headers) END;
+        ELSIF call_kind LIKE 'head:%' AND http_status = 404 THEN
+            UPDATE archive_staging SET stored_at = NULL
+             WHERE request_id = w.request_id AND kind = split_part(call_kind, ':', 2);
+        END IF;
+        RETURN _retry(w, coalesce(transport_error, CASE WHEN call_kind LIKE 'fetch:%'
+                                  THEN 'Skribble: HTTP ' || http_status || ': ' || (_skribble_message(body, http_status)).message
+                                  ELSE 'S3: ' || _s3_message(body, http_status) END),
+                      call_kind, http_status, retry_after);
+    END IF;
+    IF ok THEN
+        BEGIN
+            answer := CASE WHEN length(body) > 0 THEN convert_from(body, 'UTF8')::jsonb END;
+        EXCEPTION WHEN OTHERS THEN
+            transport_error := 'answer is not JSON: ' || _cut(SQLERRM, 200);
+        END;
+        IF transport_error IS NULL THEN
+            RETURN _record_success(w, call_kind, answer);
+        END IF;
+    END IF;
+    m := _skribble_message(body, http_status);
+    IF http_status = 429 AND m.key = 'error.rate_limit.reminder' OR
+       transport_error IS NULL AND http_status BETWEEN 400 AND 499
+       AND http_status NOT IN (401, 403, 408, 429) OR
+       http_status = 403 AND coalesce(m.key, '') NOT LIKE 'error.auth.%' THEN
+        RETURN _record_final(w, call_kind, http_status, m.message, m.key);
+    END IF;
+    RETURN _retry(w, coalesce(transport_error, format('HTTP %s: %s', http_status, m.message)),
+                  call_kind, http_status, retry_after);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION _call_for(w work_items) RETURNS api_call
+LANGUAGE plpgsql AS $$
+DECLARE
+    r signatur_anfragen;
+    sr text;
+    old_sid text;
+    n signers;
+    search_from timestamptz;
+BEGIN
+    IF w.kind = 'anchor' THEN
+        RETURN _anchor_call(w);
+    END IF;
+    SELECT * INTO r FROM signatur_anfragen WHERE id = w.request_id;
+    sr := '/signature-requests/' || _url_escape(coalesce(r.skribble_id, ''));
+    CASE w.kind
+    WHEN 'submit' THEN
+        IF w.payload ? 'posted' THEN
+            -- a create whose outcome is unknown: look for it before sending
+            -- again, but only once Skribble has had the time a call may take
+            -- to store it (a search that comes first finds nothing)
+            search_from := _search_from(w.payload);
+            IF clock() < search_from THEN
+                UPDATE work_items SET due_at = search_from, leased_until = NULL,
+                       attempts = attempts - 1
+                 WHERE id = w.id;
+                RETURN NULL;
+            END IF;
+            RETURN _skribble_call(w, 'search', 'GET', format('/signature-requests?search=%s&page_size=100&page_number=%s',
+                                  _url_escape(r.title), coalesce(w.payload ->> 'page', '1')));
+        END IF;
+        UPDATE work_items SET payload = payload || jsonb_build_object('posted', clock()) WHERE id = w.id;
+        RETURN _skribble_call(w, 'create', 'POST', '/signature-requests', _create_body(r)::text);
+    WHEN 'refresh' THEN
+        RETURN _skribble_call(w, 'get', 'GET', sr);
+    WHEN 'remind' THEN
+        RETURN _skribble_call(w, 'remind', 'POST', sr || '/remind');
+    WHEN 'withdraw', 'expire' THEN
+        RETURN _skribble_call(w, 'withdraw', 'POST', sr || '/withdraw', jsonb_build_object('message',
+                   CASE w.kind WHEN 'expire' THEN 'expired' ELSE coalesce(w.payload ->> 'reason', 'withdrawn') END)::text);
+    WHEN 'replace_signer' THEN
+        SELECT s.sid INTO old_sid FROM signers s WHERE s.id = (w.payload ->> 'old_signer')::bigint;
+        old_sid := coalesce(old_sid, w.payload ->> 'old_sid');
+        IF old_sid IS NOT NULL AND NOT w.payload ? 'deleted' THEN
+            RETURN _skribble_call(w, 'delete_signer', 'DELETE', sr || '/signatures/' || _url_escape(old_sid));
+        END IF;
+        SELECT * INTO n FROM signers s WHERE s.id = (w.payload ->> 'new_signer')::bigint;
+        RETURN _skribble_call(w, 'add_signer', 'POST', sr || '/signatures', _signer_body(n, r.ordered)::text);
+    WHEN 'archive' THEN
+        RETURN _archive_call(w, r);
+    END CASE;
+END
+$$;
+
+-- _claimable: a due item the worker may take now (archive and anchor need
+-- the bucket; calls about a request need it to exist at Skribble)
+CREATE FUNCTION _claimable(kind text, skribble_id text) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN kind IN ('archive', 'anchor') AND NOT qes_sign._s3_configured() THEN false
+                ELSE kind IN ('submit', 'anchor') OR skribble_id IS NOT NULL END
+$$;
+
+CREATE OR REPLACE FUNCTION _claim(n int) RETURNS SETOF api_call
+LANGUAGE plpgsql SET search_path = pg_catalog, qes_sign, pg_temp AS $$
+DECLARE
+    item work_items;
+    call api_call;
+BEGIN
+    -- verified callbacks become one refresh per request; one already in
+    -- flight runs again when it is done, since it may have read older state
+    WITH d AS (UPDATE callback_inbox SET processed_at = clock()
+                WHERE processed_at IS NULL AND request_id IS NOT NULL RETURNING request_id)
+    INSERT INTO work_items AS x (request_id, kind)
+    SELECT DISTINCT d.request_id, 'refresh' FROM d
+      JOIN signatur_anfragen a ON a.id = d.request_id AND a.status IN ('offen', 'in_signatur')
+    ON CONFLICT (request_id, kind) WHERE state = 'pending' AND kind <> 'replace_signer'
+    DO UPDATE SET payload = x.payload || '{"again": true}' WHERE x.leased_until IS NOT NULL;
+    UPDATE callback_inbox SET processed_at = clock() WHERE processed_at IS NULL AND request_id IS NULL;
+
+    FOR item IN
+        WITH c AS (
+            SELECT w.id FROM work_items w LEFT JOIN signatur_anfragen a ON a.id = w.request_id
+             WHERE w.state = 'pending' AND w.due_at <= clock()
+               AND (w.leased_until IS NULL OR w.leased_until < clock())
+               AND _claimable(w.kind, a.skribble_id)
+             ORDER BY w.due_at, w.id
+             LIMIT n
+               FOR UPDATE OF w SKIP LOCKED)
+        UPDATE work_items x SET leased_until = clock() + interval '10 minutes', attempts = x.attempts + 1
+          FROM c WHERE x.id = c.id
+        RETURNING x.*
+    LOOP
+        call := _call_for(item);
+        IF call.item_id IS NOT NULL THEN
+            RETURN NEXT call;
+        END IF;
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION _next_due() RETURNS double precision
+LANGUAGE sql STABLE SET search_path = pg_catalog, qes_sign, pg_temp AS $$
+    SELECT greatest(0, extract(epoch FROM min(w.due_at) - clock()) * 1000)
+      FROM work_items w LEFT JOIN signatur_anfragen a ON a.id = w.request_id
+     WHERE w.state = 'pending' AND (w.leased_until IS NULL OR w.leased_until < clock())
+       AND _claimable(w.kind, a.skribble_id)
+$$;
+
+-- _anchor_due: the head moved since the last anchor, and that anchor is
+-- older than qes_sign.audit_anchor_interval
+CREATE FUNCTION _anchor_due() RETURNS boolean LANGUAGE sql STABLE AS $$
+    SELECT qes_sign._s3_configured()
+       AND coalesce((SELECT max(seq) FROM qes_sign.audit_log), 0)
+           > coalesce((SELECT max(seq) FROM qes_sign.audit_anchors), 0)
+       AND coalesce((SELECT max(anchored_at) FROM qes_sign.audit_anchors), '-infinity')
+           < qes_sign.clock() - current_setting('qes_sign.audit_anchor_interval')::interval
+$$;
+
+CREATE OR REPLACE FUNCTION _tick() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, qes_sign, pg_temp AS $$
+DECLARE
+    r signatur_anfragen;
+    schedule text[] := string_to_array(replace(current_setting('qes_sign.auto_remind'), ' ', ''), ',');
+BEGIN
+    -- lost callbacks only delay: fetch every open request now and then
+    INSERT INTO work_items (request_id, kind)
+    SELECT a.id, 'refresh' FROM signatur_anfragen a
+     WHERE a.status IN ('offen', 'in_signatur') AND a.skribble_id IS NOT NULL
+       AND coalesce(a.synced_at, a.sent_at) < clock() - current_setting('qes_sign.reconcile_interval')::interval
+    ON CONFLICT (request_id, kind) WHERE state = 'pending' AND kind <> 'replace_signer' DO NOTHING;
+
+    FOR r IN SELECT * FROM signatur_anfragen a
+              WHERE a.status IN ('offen', 'in_signatur') AND a.expires_at <= clock()
+                AND NOT EXISTS (SELECT FROM work_items w WHERE w.request_id = a.id AND w.kind = 'expire')
+                FOR UPDATE SKIP LOCKED LOOP
+        IF r.skribble_id IS NOT NULL THEN
+            PERFORM _enqueue(r.id, 'expire');
+        ELSIF NOT EXISTS (SELECT FROM work_items w WHERE w.request_id = r.id AND w.kind = 'submit'
+                            AND w.state = 'pending' AND (w.payload ? 'posted' OR w.leased_until IS NOT NULL)) THEN
+            PERFORM _transition(r.id, 'abgebrochen', 'expired');  -- never reached Skribble
+        END IF;
+    END LOOP;
+
+    IF array_length(schedule, 1) = 3 THEN
+        INSERT INTO work_items (request_id, kind, payload)
+        SELECT a.id, 'remind', '{"auto": true}' FROM signatur_anfragen a
+         CROSS JOIN LATERAL (SELECT count(*) AS n FROM work_items w
+                              WHERE w.request_id = a.id AND w.kind = 'remind' AND w.payload ? 'auto') k
+         WHERE a.status IN ('offen', 'in_signatur') AND a.skribble_id IS NOT NULL
+           AND k.n < schedule[3]::int
+           AND clock() >= a.sent_at + schedule[1]::interval + schedule[2]::interval * k.n
+        ON CONFLICT (request_id, kind) WHERE state = 'pending' AND kind <> 'replace_signer' DO NOTHING;
+    END IF;
+
+    IF _anchor_due() THEN
+        PERFORM _enqueue_anchor();
+    END IF;
+
+    DELETE FROM work_items WHERE state <> 'pending' AND finished_at < clock() - interval '30 days';
+    DELETE FROM callback_inbox WHERE processed_at < clock() - interval '30 days';
+    DELETE FROM webhook_ids WHERE received_at < clock() - interval '1 day';
+END
+$$;
+
+-------------------------------------------------------------------------------
+-- Operator view: the anchor's lag
+-------------------------------------------------------------------------------
+CREATE OR REPLACE VIEW operations AS
+SELECT 'queue_' || kind AS metric, count(*)::bigint AS value
+  FROM work_items WHERE state = 'pending' GROUP BY kind
+UNION ALL
+SELECT 'inbox_unprocessed', count(*) FROM callback_inbox WHERE processed_at IS NULL
+UNION ALL
+SELECT 'audit_unanchored_entries',
+       coalesce((SELECT max(seq) FROM audit_log), 0) - coalesce((SELECT max(seq) FROM audit_anchors), 0)
+UNION ALL
+SELECT name, value FROM counters();
+COMMENT ON VIEW operations IS
+    'Operator metrics: queue depth by kind, unprocessed callbacks, audit entries not yet anchored, API calls, retries and calls in flight';
+
+-------------------------------------------------------------------------------
+-- Privileges of the new objects
+-------------------------------------------------------------------------------
+-- (as in 1.0: nothing for PUBLIC, then what each role needs)
+REVOKE ALL ON ALL TABLES IN SCHEMA qes_sign FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA qes_sign FROM PUBLIC;
+-- row-level security calls it for the application's queries
+GRANT EXECUTE ON FUNCTION _session_tenant(), my_tenants() TO qes_sign_app;
+GRANT SELECT ON tenant_grants, audit_anchors, webhook_ids TO qes_sign_admin;
+GRANT EXECUTE ON FUNCTION grant_tenant(regrole, text), revoke_tenant(regrole, text),
+                          anchor_audit_chain(), verify_audit_chain(int)
+    TO qes_sign_admin;
+
+-- an update from 1.0: the portal roles hold no tenant yet; say which to grant
+-- (a WARNING: extension scripts run with client_min_messages at least that)
+DO $$
+DECLARE
+    missing text := (SELECT string_agg(DISTINCT a.verwaltung, ', ') FROM signatur_anfragen a);
+BEGIN
+    IF missing IS NOT NULL THEN
+        RAISE WARNING 'qes_sign 1.1 binds tenants to roles; grant each portal role its tenants: %', missing
+            USING HINT = 'SELECT qes_sign.grant_tenant(''portal_role'', ''verwaltung''); until then the portal sees no requests.';
+    END IF;
+END
+$$;
+
+-------------------------------------------------------------------------------
+-- Last: every function of the schema that pins search_path names pg_temp
+-- last; PostgreSQL searches an unnamed pg_temp first, and any role can
+-- create temporary tables
+-------------------------------------------------------------------------------
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid FROM pg_proc p
+              WHERE p.pronamespace = 'qes_sign'::regnamespace
+                AND p.proconfig @> ARRAY['search_path=pg_catalog, qes_sign'] LOOP
+        EXECUTE format('ALTER FUNCTION %s SET search_path = pg_catalog, qes_sign, pg_temp', f);
+    END LOOP;
+END
+$$;
