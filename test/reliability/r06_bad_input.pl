@@ -461,8 +461,15 @@ is($delta{signers}, $signers, "signers: + their $signers signers");
 is($delta{work_items}, $creates, 'work_items: + one submit each');
 is($delta{audit_log}, $creates, "audit_log: + one 'created' each");
 is($delta{callback_inbox}, $stored, "callback_inbox: + the $stored accepted, non-duplicate callbacks and webhooks");
+# every verified webhook id is kept for replay protection, also one whose
+# delivery stored nothing (a callback of its request was waiting already)
+my ($wh_accepted, $wh_duplicate) = split /\|/, $q->(q{SELECT count(*) FILTER (WHERE outcome = 'accepted'),
+	count(*) FILTER (WHERE outcome = 'duplicate') FROM rt.results WHERE family = 'receive_webhook'});
+ok($delta{webhook_ids} >= $wh_accepted && $delta{webhook_ids} <= $wh_accepted + $wh_duplicate,
+	"webhook_ids: + $delta{webhook_ids}, from the $wh_accepted accepted to those and the $wh_duplicate duplicates");
 is($q->(q{SELECT coalesce(string_agg(tbl, ','), '') FROM (SELECT * FROM rt.before EXCEPT SELECT * FROM rt.fingerprint()) d
-	WHERE tbl NOT IN ('signatur_anfragen', 'signers', 'work_items', 'audit_log', 'audit_head', 'callback_inbox')}), '',
+	WHERE tbl NOT IN ('signatur_anfragen', 'signers', 'work_items', 'audit_log', 'audit_head', 'callback_inbox',
+	                  'webhook_ids')}), '',
 	'every other table unchanged (contents)');
 is($q->('SELECT digest = rt.old_rows() FROM rt.before_old'), 't', 'the pre-existing requests, signers and audit entries are unchanged');
 is($q->(q{SELECT count(*) FROM qes_sign.signatur_anfragen WHERE id NOT IN (SELECT id FROM rt.reqs) AND status <> 'offen'}), '0',
