@@ -48,8 +48,12 @@ logs() {
 . "$here/../test/services.sh"    # start NAME CMD...
 start_failed() { logs; }
 
+# (the double's clock replays the article's morning, the database runs on
+# today's: Skribble's deletion date, 5 days after creation, is counted from
+# today so that it lies ahead of the database's clock, as it would)
+deletion_days=$(( ($(date +%s) - $(date -d 2026-03-19 +%s)) / 86400 + 5 ))
 start double node "$repo/test/skribble_double/server.js" --port 0 --verbose \
-    --clock 2026-03-19T08:15:00Z --callback-retry-interval 500
+    --clock 2026-03-19T08:15:00Z --callback-retry-interval 500 --deletion-days "$deletion_days"
 double_port=$port
 pg_port=$(node -e 'const s = require("net").createServer().listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); })')
 start relay node "$repo/test/relay/relay.js" --port 0 --verbose \

@@ -489,12 +489,16 @@ BEGIN
     SELECT * INTO s FROM signers x
      WHERE x.request_id = p_request AND x.sid = sig ->> 'sid';
     IF NOT FOUND THEN
+        -- (by address also when Skribble gave the signer a new sid: it was
+        -- taken out and added again there)
         SELECT * INTO s FROM signers x
-         WHERE x.request_id = p_request AND x.status <> 'replaced'
-           AND lower(x.email) = v_email AND x.sid IS NULL;
+         WHERE x.request_id = p_request AND x.status <> 'replaced' AND lower(x.email) = v_email;
     END IF;
-    IF NOT FOUND OR s.status = 'replaced' THEN
-        RETURN;  -- not ours (or taken out locally): nothing to apply
+    IF NOT FOUND THEN
+        PERFORM _signer_added(p_request, sig);   -- added at Skribble
+        SELECT * INTO s FROM signers x WHERE x.request_id = p_request ORDER BY x.id DESC LIMIT 1;
+    ELSIF s.status = 'replaced' THEN
+        RETURN;  -- taken out locally: nothing to apply
     END IF;
     new_status := coalesce(_signer_status(sig ->> 'status_code',
                                           viewed IS NOT NULL OR s.viewed_at IS NOT NULL),
@@ -536,6 +540,482 @@ BEGIN
         RETURN 'stale';
     END IF;
     RETURN _retry(w, 'answer could not be applied: ' || _cut(error, 500), call_kind);
+END
+$$;
+
+-------------------------------------------------------------------------------
+-- Skribble as documented (skribble-api.md, "Rules and ambiguities"): only
+-- permanent answers end a request, a lost create is found whatever the
+-- page numbering, signer changes follow Skribble's rule, Skribble's status
+-- decides completion, and its deletion date is watched
+-------------------------------------------------------------------------------
+
+-- _final_answer: an answer that retrying cannot change.  Only a refused
+-- create ends a request (400 invalid input, 406 corrupt or encrypted PDF,
+-- 413, 422); a withdraw or reminder Skribble refuses, and a refused signer
+-- change, end that call.  409 and 423 ("being processed, retry later"),
+-- 408, 429, 5xx, an expired token, and any 4xx of a refresh, a search or an
+-- added signer are retried with backoff, and given up visibly (_give_up).
+CREATE FUNCTION _final_answer(call_kind text, http_status int, key text) RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE
+        WHEN http_status = 429 THEN call_kind = 'remind' AND key = 'error.rate_limit.reminder'
+        WHEN http_status NOT BETWEEN 400 AND 499 OR http_status IN (401, 408, 409, 423) THEN false
+        WHEN http_status = 403 AND coalesce(key, '') LIKE 'error.auth.%' THEN false
+        WHEN call_kind = 'create' THEN http_status IN (400, 406, 413, 422)
+        WHEN call_kind IN ('withdraw', 'remind') THEN http_status IN (400, 403, 404)
+        WHEN call_kind = 'delete_signer' THEN http_status IN (400, 403)
+        ELSE false
+    END
+$$;
+
+-- _give_up ends a call that failed qes_sign.retry_max_attempts times in a
+-- row: visible in request_errors and the audit trail; the request itself
+-- stays as it is, for an operator (only Skribble's status ends it)
+CREATE FUNCTION _give_up(w work_items, call_kind text, failure text) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    reason text := format('gave up after %s failed attempts (last: %s)', w.failures + 1, failure);
+BEGIN
+    PERFORM _finish(w.id, 'failed', reason);
+    PERFORM _emit(w.request_id, CASE call_kind WHEN 'remind' THEN 'remind_failed'
+                                               WHEN 'withdraw' THEN w.kind || '_failed'
+                                               ELSE 'call_failed' END,
+                  jsonb_build_object('call', call_kind, 'reason', reason, 'failures', w.failures + 1));
+    RETURN 'failed';
+END
+$$;
+
+-- _record_final handles an answer that retrying cannot change (see _final_answer)
+DROP FUNCTION _record_final(work_items, text, int, text, text, boolean);
+CREATE FUNCTION _record_final(w work_items, call_kind text, http_status int, message text, key text)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    detail jsonb := jsonb_strip_nulls(jsonb_build_object('http_status', http_status, 'message', message, 'key', key));
+BEGIN
+    PERFORM _finish(w.id, 'failed', format('HTTP %s: %s', http_status, message));
+    CASE call_kind
+    WHEN 'remind' THEN
+        PERFORM _emit(w.request_id, 'remind_failed', detail || jsonb_build_object('reason',
+            CASE WHEN key = 'error.rate_limit.reminder' THEN 'reminder limit reached' ELSE message END));
+    WHEN 'withdraw' THEN
+        -- most likely no longer open at Skribble: its state tells what happened
+        PERFORM _emit(w.request_id, w.kind || '_failed', detail);
+        PERFORM _enqueue(w.request_id, 'refresh');
+    WHEN 'delete_signer' THEN
+        PERFORM _replace_refused(w, detail);
+    ELSE
+        -- Skribble refused the request itself (e.g. 406 for a corrupt PDF)
+        PERFORM _emit(w.request_id, 'skribble_error', detail || jsonb_build_object('call', call_kind));
+        PERFORM _transition(w.request_id, 'abgebrochen',
+                            format('rejected by Skribble: %s (HTTP %s)', message, http_status));
+    END CASE;
+    RETURN 'failed';
+END
+$$;
+
+-- _search_answer: a search for a create whose answer was lost.  The first
+-- search asks without paging (pagination is off unless asked for); an
+-- answer of 50 or more (a default page size may have cut it) is read again
+-- page by page from page 0 (a 400 for page 0 moves on to page 1: pages
+-- count from 1 there) until a page is short.  Not found while Skribble may
+-- still be storing the create (qes_sign.http_timeout after it was posted):
+-- searched again, 1, 2, 4 ... s later; not found after that: created again.
+CREATE FUNCTION _search_answer(w work_items, answer jsonb) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    hit jsonb := _search_hit(answer, w.request_id);
+    n int := CASE jsonb_typeof(answer) WHEN 'array' THEN jsonb_array_length(answer) ELSE 0 END;
+    page int := (w.payload ->> 'page')::int;
+    first text := answer #>> '{0,id}';
+    searches int := coalesce((w.payload ->> 'searches')::int, 0) + 1;
+    until timestamptz := _search_from(w.payload);
+BEGIN
+    IF hit IS NOT NULL THEN
+        PERFORM apply_signature_request(w.request_id, hit);
+        PERFORM _emit(w.request_id, 'create_recovered', jsonb_build_object('skribble_id', hit ->> 'id',
+                                                                           'searches', searches));
+        RETURN _finish(w.id, 'done');
+    ELSIF page IS NULL AND n >= 50 THEN
+        RETURN _again(w.id, '0', '{"page": 0}');
+    ELSIF n >= 100 AND page < 1000 AND first IS DISTINCT FROM w.payload ->> 'first' THEN
+        RETURN _again(w.id, '0', jsonb_build_object('page', page + 1, 'first', first));
+    END IF;
+    UPDATE work_items SET payload = payload - 'page' - 'first' WHERE id = w.id;
+    IF clock() < until THEN
+        RETURN _again(w.id, least(make_interval(secs => power(2, least(searches - 1, 10))), until - clock()),
+                      jsonb_build_object('searches', searches));
+    END IF;
+    -- not created: send it (again)
+    UPDATE work_items SET payload = payload - 'posted' - 'searches' WHERE id = w.id;
+    RETURN _again(w.id, '0');
+END
+$$;
+
+-- _record_success applies a 2xx answer to the work item it answers
+CREATE OR REPLACE FUNCTION _record_success(w work_items, call_kind text, answer jsonb) RETURNS text
+LANGUAGE plpgsql AS $$
+BEGIN
+    CASE call_kind
+    WHEN 'search' THEN
+        RETURN _search_answer(w, answer);
+    WHEN 'create', 'get', 'withdraw', 'add_signer' THEN
+        PERFORM apply_signature_request(w.request_id, answer);
+        UPDATE signatur_anfragen SET synced_at = clock() WHERE id = w.request_id;
+        IF w.payload ? 'again' THEN
+            RETURN _again(w.id, '0');
+        END IF;
+    WHEN 'remind' THEN
+        PERFORM _emit(w.request_id, 'reminded', jsonb_strip_nulls(jsonb_build_object('auto', w.payload -> 'auto')));
+    WHEN 'delete_signer' THEN
+        RETURN _again(w.id, '0', '{"deleted": true}');
+    END CASE;
+    RETURN _finish(w.id, 'done');
+END
+$$;
+
+-- _replace_refused undoes a replacement Skribble refused (someone signed
+-- meanwhile): the old signer is back as it was, the new one gone, and the
+-- request goes on as before
+CREATE FUNCTION _replace_refused(w work_items, detail jsonb) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    old_id bigint := (w.payload ->> 'old_signer')::bigint;
+    new_id bigint := (w.payload ->> 'new_signer')::bigint;
+    old_email text := (SELECT email FROM signers WHERE id = old_id);
+    new_email text := (SELECT email FROM signers WHERE id = new_id);
+BEGIN
+    UPDATE signers SET replaced_by = NULL WHERE id = old_id;
+    DELETE FROM signers WHERE id = new_id AND sid IS NULL;
+    UPDATE signers SET status = coalesce((w.payload ->> 'old_status')::signer_status, 'open') WHERE id = old_id;
+    PERFORM _emit(w.request_id, 'replace_signer_refused', detail || jsonb_build_object(
+        'signer', old_email, 'by', new_email, 'reason', 'Skribble refused the change: ' || (detail ->> 'message')));
+    PERFORM _enqueue(w.request_id, 'refresh');
+END
+$$;
+
+CREATE OR REPLACE FUNCTION replace_signer(id uuid, old_email text, new_signer jsonb) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, qes_sign, pg_temp AS $$
+DECLARE
+    r signatur_anfragen := _lock_request(id);
+    prev signers;
+    n jsonb;
+    new_id bigint;
+BEGIN
+    PERFORM _require_status(r, 'replace a signer of', 'offen', 'in_signatur');
+    IF EXISTS (SELECT FROM signers s WHERE s.request_id = r.id AND s.status = 'signed') THEN
+        RAISE EXCEPTION 'cannot replace a signer of signature request % once a signer has signed', r.id
+            USING ERRCODE = '55000', COLUMN = 'old_email',
+                  HINT = 'Skribble allows signer changes only while nobody has signed: withdraw the request and restart it with the right signers.';
+    END IF;
+    SELECT * INTO prev FROM signers s
+     WHERE s.request_id = r.id AND lower(s.email) = lower(btrim(old_email)) AND s.status <> 'replaced';
+    IF NOT FOUND THEN
+        PERFORM _invalid('old_email', 'is not a signer of this request',
+            format('The value is %s.', to_jsonb(old_email)), 'P0002');
+    END IF;
+    IF prev.status IN ('signed', 'declined') THEN
+        RAISE EXCEPTION 'cannot replace signer % who has already %', prev.email, prev.status
+            USING ERRCODE = '55000', COLUMN = 'old_email';
+    END IF;
+    n := _check_signer(new_signer, 'new_signer', r.ordered);
+    UPDATE signers s SET status = 'replaced' WHERE s.id = prev.id;
+    IF EXISTS (SELECT FROM signers s WHERE s.request_id = r.id AND s.status <> 'replaced'
+               AND lower(s.email) = n ->> 'email') THEN
+        PERFORM _invalid('new_signer.email', 'is already a signer of this request',
+            format('The value is %s.', to_jsonb(n ->> 'email')), '23505');
+    END IF;
+    INSERT INTO signers (request_id, position, email, first_name, last_name, language, mobile, sequence)
+    VALUES (r.id, prev.position, n ->> 'email', n ->> 'first_name', n ->> 'last_name',
+            n ->> 'language', n ->> 'mobile', coalesce((n ->> 'sequence')::int, prev.sequence))
+    RETURNING signers.id INTO new_id;
+    PERFORM _check_sequences(ARRAY(SELECT s.sequence FROM signers s WHERE s.request_id = r.id
+                                     AND s.status <> 'replaced'), r.ordered, 'new_signer.sequence');
+    UPDATE signers s SET replaced_by = new_id WHERE s.id = prev.id;
+    PERFORM _emit(r.id, 'signer_replaced', jsonb_build_object('signer', prev.email, 'by', n ->> 'email'));
+    PERFORM _enqueue(r.id, 'replace_signer', jsonb_build_object('old_signer', prev.id, 'new_signer', new_id,
+                                                               'old_sid', prev.sid, 'old_status', prev.status));
+END
+$$;
+
+-- _check_sequences: Skribble wants "a real number sequence starting with
+-- 1": the distinct sequences are 1..k (signers sharing one sign in parallel)
+CREATE FUNCTION _check_sequences(seqs int[], ordered boolean, field text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    used int[] := ARRAY(SELECT DISTINCT x FROM unnest(seqs) x WHERE x IS NOT NULL ORDER BY 1);
+BEGIN
+    IF ordered AND used <> ARRAY(SELECT generate_series(1, cardinality(used))) THEN
+        PERFORM _invalid(field, 'must run from 1 without gaps',
+            format('The sequences are %s; signers sharing a number sign in parallel.', array_to_string(used, ', ')),
+            p_hint => 'Number the signing steps 1, 2, 3, ...');
+    END IF;
+END
+$$;
+
+-- _mobile: a mobile number as Skribble's examples write it, country code
+-- and digits (41791234567): "+", "00", spaces, dashes, dots, brackets go;
+-- a national number (one leading 0) has no country code and is refused
+CREATE FUNCTION _mobile(v text, field text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    d text := regexp_replace(btrim(v), '[ ./()-]', '', 'g');
+BEGIN
+    d := CASE WHEN d LIKE '+%' THEN substr(d, 2) WHEN d LIKE '00%' THEN substr(d, 3) ELSE d END;
+    IF d !~ '^[1-9][0-9]{7,14}$' THEN
+        PERFORM _invalid(field, 'is not a mobile number with country code',
+            format('The value is %s.', to_jsonb(v)),
+            p_hint => 'Use international format, e.g. +49 151 12345678 (stored as 4915112345678).');
+    END IF;
+    RETURN d;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION _check_signer(s jsonb, field text, ordered boolean) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    k text;
+    v text;
+BEGIN
+    IF jsonb_typeof(s) IS DISTINCT FROM 'object' THEN
+        PERFORM _invalid(field, 'must be a JSON object');
+    END IF;
+    FOR k IN SELECT jsonb_object_keys(s) LOOP
+        IF k NOT IN ('first_name', 'last_name', 'email', 'language', 'mobile', 'sequence') THEN
+            PERFORM _invalid(field || '.' || k, 'is not a known signer field',
+                p_hint => 'Use first_name, last_name, email, language, mobile, sequence.');
+        END IF;
+    END LOOP;
+    FOREACH k IN ARRAY ARRAY['first_name', 'last_name', 'email'] LOOP
+        IF jsonb_typeof(s -> k) IS DISTINCT FROM 'string' OR btrim(s ->> k) = '' THEN
+            PERFORM _invalid(field || '.' || k, 'must be a non-empty string');
+        END IF;
+        IF length(s ->> k) > 200 THEN
+            PERFORM _invalid(field || '.' || k, 'is longer than 200 characters');
+        END IF;
+    END LOOP;
+    v := btrim(s ->> 'email');
+    IF v !~ '^[A-Za-z0-9.!#$%&''*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$'
+       OR length(v) > 254 OR v ~ '\.\.' THEN
+        PERFORM _invalid(field || '.email', 'is not a valid e-mail address',
+            format('The value is %s.', to_jsonb(v)));
+    END IF;
+    IF s ? 'language' AND (jsonb_typeof(s -> 'language') IS DISTINCT FROM 'string'
+                           OR s ->> 'language' NOT IN ('de', 'en', 'fr', 'it')) THEN
+        PERFORM _invalid(field || '.language', 'must be one of de, en, fr, it');
+    END IF;
+    IF s ? 'mobile' AND (jsonb_typeof(s -> 'mobile') IS DISTINCT FROM 'string' OR length(s ->> 'mobile') > 40) THEN
+        PERFORM _invalid(field || '.mobile', 'is not a mobile number with country code',
+            p_hint => 'Use international format, e.g. +49 151 12345678 (stored as 4915112345678).');
+    END IF;
+    IF s ? 'sequence' AND (jsonb_typeof(s -> 'sequence') IS DISTINCT FROM 'number'
+                           OR s ->> 'sequence' !~ '^[0-9]+$'
+                           OR (s ->> 'sequence')::numeric NOT BETWEEN 1 AND 50) THEN
+        PERFORM _invalid(field || '.sequence', 'must be an integer from 1 to 50');
+    END IF;
+    IF ordered AND NOT s ? 'sequence' THEN
+        PERFORM _invalid(field || '.sequence', 'is required when ordered is true');
+    END IF;
+    RETURN jsonb_strip_nulls(jsonb_build_object(
+        'first_name', btrim(s ->> 'first_name'), 'last_name', btrim(s ->> 'last_name'),
+        'email', lower(v), 'language', s ->> 'language',
+        'mobile', CASE WHEN s ? 'mobile' THEN _mobile(s ->> 'mobile', field || '.mobile') END,
+        'sequence', (s ->> 'sequence')::int));
+END
+$$;
+
+CREATE OR REPLACE FUNCTION _check_signers(signers jsonb, ordered boolean) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    result jsonb := '[]';
+    s jsonb;
+    i int := 0;
+    dup text;
+BEGIN
+    IF jsonb_typeof(signers) IS DISTINCT FROM 'array' THEN
+        PERFORM _invalid('signers', 'must be a JSON array of signer objects');
+    END IF;
+    IF jsonb_array_length(signers) NOT BETWEEN 1 AND 50 THEN
+        PERFORM _invalid('signers', 'must list 1 to 50 signers',
+            format('%s signers were given.', jsonb_array_length(signers)));
+    END IF;
+    FOR s IN SELECT * FROM jsonb_array_elements(signers) LOOP
+        result := result || jsonb_build_array(
+            _check_signer(s, format('signers[%s]', i), ordered));
+        i := i + 1;
+    END LOOP;
+    SELECT e ->> 'email' INTO dup FROM jsonb_array_elements(result) e
+     GROUP BY 1 HAVING count(*) > 1 LIMIT 1;
+    IF dup IS NOT NULL THEN
+        PERFORM _invalid('signers', 'lists an e-mail address twice',
+            format('%s appears more than once.', to_jsonb(dup)), '23505');
+    END IF;
+    PERFORM _check_sequences(ARRAY(SELECT (e ->> 'sequence')::int FROM jsonb_array_elements(result) e),
+                             ordered, 'signers.sequence');
+    RETURN result;
+END
+$$;
+
+-- Skribble deletes each request on its expiration_date: kept, shown, and
+-- archived before it
+ALTER TABLE signatur_anfragen ADD COLUMN deletion_date date;
+ALTER TABLE signatur_anfragen ADD COLUMN deletion_alarm_at timestamptz;
+COMMENT ON COLUMN signatur_anfragen.deletion_date IS
+    'The day the trust service deletes the request (Skribble: expiration_date); archived before it';
+CREATE INDEX signatur_anfragen_deletion ON signatur_anfragen (deletion_date) WHERE status = 'vollstaendig';
+
+-- _deletes_soon: archiving is still pending within a day of the deletion
+CREATE FUNCTION _deletes_soon(deletion_date date) RETURNS boolean LANGUAGE sql STABLE AS $$
+    SELECT deletion_date <= (qes_sign.clock() AT TIME ZONE 'Europe/Berlin')::date + 1
+$$;
+
+-- _signer_added: a signature Skribble lists that no local signer matches
+-- (added in Skribble's web app): recorded, so the trail and the overview
+-- show who signed
+CREATE FUNCTION _signer_added(p_request uuid, sig jsonb) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_email text := lower(coalesce(sig #>> '{signer_identity_data,email_address}', sig ->> 'account_email', sig ->> 'sid'));
+BEGIN
+    INSERT INTO signers (request_id, position, email, first_name, last_name, sid, skribble_status)
+    SELECT p_request, coalesce(max(s.position), -1) + 1, v_email,
+           coalesce(sig #>> '{signer_identity_data,first_name}', ''),
+           coalesce(sig #>> '{signer_identity_data,last_name}', ''), sig ->> 'sid', NULL
+      FROM signers s WHERE s.request_id = p_request;
+    PERFORM _emit(p_request, 'signer_added_at_skribble', jsonb_strip_nulls(jsonb_build_object(
+        'signer', v_email, 'sid', sig ->> 'sid', 'status_code', sig ->> 'status_code')));
+END
+$$;
+
+-- _signers_settled: Skribble reports SIGNED, so its list is the truth: a
+-- local signer it does not show as signed was taken out there (or never
+-- added); the trail records each one
+CREATE FUNCTION _signers_settled(p_request uuid) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    s signers;
+BEGIN
+    FOR s IN SELECT * FROM signers x WHERE x.request_id = p_request AND x.status NOT IN ('signed', 'replaced') LOOP
+        UPDATE signers SET status = 'replaced' WHERE id = s.id;
+        PERFORM _emit(p_request, 'signer_not_at_skribble', jsonb_strip_nulls(jsonb_build_object(
+            'signer', s.email, 'sid', s.sid, 'status', s.status,
+            'reason', 'Skribble reports the request signed without this signer')));
+    END LOOP;
+END
+$$;
+
+-- _target_status decides the request's status from Skribble's
+-- status_overall and its signers; NULL means no change.  Skribble's SIGNED
+-- completes; local signer rows alone never do.
+CREATE OR REPLACE FUNCTION _target_status(r signatur_anfragen, overall text, OUT status anfrage_status, OUT reason text)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    WITH s AS (
+        SELECT count(*) FILTER (WHERE x.status IN ('viewed', 'signed') OR x.viewed_at IS NOT NULL) AS seen,
+               string_agg(x.email || coalesce(': ' || x.decline_message, ''), '; ')
+                   FILTER (WHERE x.status = 'declined') AS declined
+          FROM qes_sign.signers x WHERE x.request_id = r.id AND x.status <> 'replaced')
+    SELECT CASE
+             WHEN overall = 'SIGNED'                             THEN 'vollstaendig'
+             WHEN s.declined IS NOT NULL OR overall = 'DECLINED' THEN 'abgebrochen'
+             WHEN overall IN ('WITHDRAWN', 'EXPIRED', 'ERROR')   THEN 'abgebrochen'
+             WHEN s.seen > 0 AND r.status = 'offen'              THEN 'in_signatur'
+           END::qes_sign.anfrage_status,
+           CASE
+             WHEN overall = 'SIGNED'     THEN NULL
+             WHEN s.declined IS NOT NULL THEN _cut('declined by ' || s.declined, 4000)
+             WHEN overall = 'DECLINED'   THEN 'declined'
+             WHEN overall = 'WITHDRAWN'  THEN coalesce(
+                 (SELECT CASE w.kind WHEN 'expire' THEN 'expired'
+                                     ELSE 'withdrawn' || coalesce(': ' || (w.payload ->> 'reason'), '') END
+                    FROM qes_sign.work_items w
+                   WHERE w.request_id = r.id AND w.kind IN ('withdraw', 'expire') ORDER BY w.id DESC LIMIT 1),
+                 'withdrawn')
+             WHEN overall = 'EXPIRED'    THEN 'expired'
+             WHEN overall = 'ERROR'      THEN 'error at Skribble'
+           END
+      FROM s
+      INTO status, reason;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION apply_signature_request(id uuid, sr jsonb) RETURNS anfrage_status
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, qes_sign, pg_temp AS $$
+DECLARE
+    r signatur_anfragen;
+    sig jsonb;
+    target record;
+    i bigint;
+    overall text := _cut(sr ->> 'status_overall', 100);
+    deletion date;
+BEGIN
+    SELECT * INTO r FROM signatur_anfragen a WHERE a.id = apply_signature_request.id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'signature request % does not exist', id USING ERRCODE = 'P0002';
+    END IF;
+    IF jsonb_typeof(sr) IS DISTINCT FROM 'object' OR jsonb_typeof(sr -> 'id') IS DISTINCT FROM 'string'
+       OR jsonb_typeof(sr -> 'signatures') IS DISTINCT FROM 'array' THEN
+        PERFORM _invalid('sr', 'is not a Skribble SignatureRequest',
+            'It needs a string "id" and an array "signatures".');
+    END IF;
+    IF r.skribble_id IS DISTINCT FROM sr ->> 'id' AND r.skribble_id IS NOT NULL THEN
+        PERFORM _invalid('sr.id', 'belongs to another Skribble request',
+            format('The request is %s at Skribble, the state is of %s.', r.skribble_id, _cut(sr ->> 'id', 200)));
+    END IF;
+    IF sr ? 'custom' AND sr ->> 'custom' IS DISTINCT FROM r.id::text AND coalesce(sr ->> 'custom', '') <> '' THEN
+        PERFORM _invalid('sr.custom', 'names another request', format('custom is %s.', to_jsonb(_cut(sr ->> 'custom', 200))));
+    END IF;
+    IF r.status IN ('archiviert', 'abgebrochen') THEN
+        RETURN r.status;  -- final: later news from Skribble changes nothing
+    END IF;
+    deletion := _date(sr ->> 'expiration_date', 'sr.expiration_date');
+
+    IF r.skribble_id IS NULL THEN
+        UPDATE signatur_anfragen a SET skribble_id = sr ->> 'id',
+               sent_at = coalesce(a.sent_at, _ts(sr ->> 'created_at', 'sr.created_at'), clock())
+         WHERE a.id = r.id;
+        PERFORM _emit(r.id, 'sent', jsonb_build_object('skribble_id', sr ->> 'id'));
+        -- e.g. DEMO for a demo key: signatures without the legal effect asked for
+        IF sr ->> 'quality' <> r.quality THEN
+            PERFORM _emit(r.id, 'quality_differs', jsonb_build_object(
+                'requested', r.quality, 'skribble', _cut(sr ->> 'quality', 100),
+                'reason', format('Skribble signs this request as %s, not %s', _cut(sr ->> 'quality', 100), r.quality)));
+        END IF;
+    END IF;
+    -- Skribble deletes the request on its deletion date: nobody can sign
+    -- after it, so it is withdrawn (expired) the day before at the latest;
+    -- a date that our clock already sees past (a skewed clock) leaves it a
+    -- day from now, rather than cancelling a request Skribble still has
+    UPDATE signatur_anfragen a SET document_id = sr ->> 'document_id', skribble_status = overall,
+           deletion_date = coalesce(deletion, a.deletion_date),
+           expires_at = CASE WHEN deletion IS NULL THEN a.expires_at
+                             ELSE least(a.expires_at, greatest((deletion - 1)::timestamp AT TIME ZONE 'Europe/Berlin',
+                                                               clock() + interval '1 day')) END
+     WHERE a.id = r.id AND (a.document_id, a.skribble_status, a.deletion_date)
+           IS DISTINCT FROM (sr ->> 'document_id', overall, coalesce(deletion, a.deletion_date));
+    IF FOUND AND overall NOT IN ('OPEN', 'SIGNED', 'DECLINED', 'WITHDRAWN', 'ERROR', 'EXPIRED') THEN
+        PERFORM _emit(r.id, 'unknown_status', jsonb_build_object('status_overall', overall));
+    END IF;
+
+    FOR sig, i IN SELECT * FROM jsonb_array_elements(sr -> 'signatures') WITH ORDINALITY LOOP
+        PERFORM _apply_signature(r.id, sig, format('sr.signatures[%s]', i - 1));
+    END LOOP;
+    IF overall = 'SIGNED' THEN
+        PERFORM _signers_settled(r.id);
+    END IF;
+
+    SELECT * INTO target FROM _target_status(r, overall);
+    RETURN _transition(r.id, target.status, target.reason);
+END
+$$;
+
+-- _date reads an ISO 8601 date from Skribble's JSON, naming the field if it is bad
+CREATE FUNCTION _date(value text, field text) RETURNS date
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN left(value, 10)::date;
+EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow THEN
+    PERFORM _invalid(field, 'is not an ISO 8601 date', format('The value is %s.', to_jsonb(_cut(value, 100))));
 END
 $$;
 
@@ -864,9 +1344,7 @@ BEGIN
         PERFORM _emit(w.request_id, w.kind || '_failing', jsonb_build_object(
             'reason', failure, 'failures', w.failures + 1));
     ELSIF NOT keeps_trying AND w.failures + 1 >= current_setting('qes_sign.retry_max_attempts')::int THEN
-        RETURN _record_final(w, call_kind, http_status,
-                             format('gave up after %s failed attempts (last: %s)', w.failures + 1, failure),
-                             NULL, true);
+        RETURN _give_up(w, call_kind, failure);
     END IF;
     RETURN _again(w.id, CASE WHEN http_status IN (429, 503) AND retry_after > 0
                              THEN make_interval(secs => retry_after) ELSE _backoff(w.failures + 1) END,
@@ -912,10 +1390,11 @@ BEGIN
         END IF;
     END IF;
     m := _skribble_message(body, http_status);
-    IF http_status = 429 AND m.key = 'error.rate_limit.reminder' OR
-       transport_error IS NULL AND http_status BETWEEN 400 AND 499
-       AND http_status NOT IN (401, 403, 408, 429) OR
-       http_status = 403 AND coalesce(m.key, '') NOT LIKE 'error.auth.%' THEN
+    IF transport_error IS NULL AND call_kind = 'search' AND http_status = 400 AND w.payload ->> 'page' = '0' THEN
+        RETURN _again(w.id, '0', '{"page": 1}');        -- pages count from 1 at this Skribble
+    ELSIF transport_error IS NULL AND call_kind = 'delete_signer' AND http_status = 404 THEN
+        RETURN _again(w.id, '0', '{"deleted": true}');  -- not there (any more): add the new one
+    ELSIF transport_error IS NULL AND _final_answer(call_kind, http_status, m.key) THEN
         RETURN _record_final(w, call_kind, http_status, m.message, m.key);
     END IF;
     RETURN _retry(w, coalesce(transport_error, format('HTTP %s: %s', http_status, m.message)),
@@ -930,7 +1409,6 @@ DECLARE
     sr text;
     old_sid text;
     n signers;
-    search_from timestamptz;
 BEGIN
     IF w.kind = 'anchor' THEN
         RETURN _anchor_call(w);
@@ -940,18 +1418,10 @@ BEGIN
     CASE w.kind
     WHEN 'submit' THEN
         IF w.payload ? 'posted' THEN
-            -- a create whose outcome is unknown: look for it before sending
-            -- again, but only once Skribble has had the time a call may take
-            -- to store it (a search that comes first finds nothing)
-            search_from := _search_from(w.payload);
-            IF clock() < search_from THEN
-                UPDATE work_items SET due_at = search_from, leased_until = NULL,
-                       attempts = attempts - 1
-                 WHERE id = w.id;
-                RETURN NULL;
-            END IF;
-            RETURN _skribble_call(w, 'search', 'GET', format('/signature-requests?search=%s&page_size=100&page_number=%s',
-                                  _url_escape(r.title), coalesce(w.payload ->> 'page', '1')));
+            -- a create whose outcome is unknown: look for it at once (see
+            -- _search_answer), without paging first
+            RETURN _skribble_call(w, 'search', 'GET', '/signature-requests?search=' || _url_escape(r.title)
+                                  || coalesce('&page_number=' || (w.payload ->> 'page') || '&page_size=100', ''));
         END IF;
         UPDATE work_items SET payload = payload || jsonb_build_object('posted', clock()) WHERE id = w.id;
         RETURN _skribble_call(w, 'create', 'POST', '/signature-requests', _create_body(r)::text);
@@ -989,6 +1459,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, qes_sign, pg_temp AS $$
 DECLARE
     item work_items;
     call api_call;
+    ids bigint[];
 BEGIN
     -- verified callbacks become one refresh per request; one already in
     -- flight runs again when it is done, since it may have read older state
@@ -1001,17 +1472,22 @@ BEGIN
     DO UPDATE SET payload = x.payload || '{"again": true}' WHERE x.leased_until IS NOT NULL;
     UPDATE callback_inbox SET processed_at = clock() WHERE processed_at IS NULL AND request_id IS NULL;
 
+    -- archiving a request that Skribble deletes within a day goes first
+    ids := ARRAY(SELECT w.id FROM signatur_anfragen a JOIN work_items w ON w.request_id = a.id
+                  WHERE a.status = 'vollstaendig' AND _deletes_soon(a.deletion_date)
+                    AND w.kind = 'archive' AND w.state = 'pending' AND w.due_at <= clock()
+                    AND (w.leased_until IS NULL OR w.leased_until < clock()) AND _s3_configured()
+                  ORDER BY a.deletion_date, w.id LIMIT n
+                    FOR UPDATE OF w SKIP LOCKED);
+    ids := ids || ARRAY(SELECT w.id FROM work_items w LEFT JOIN signatur_anfragen a ON a.id = w.request_id
+                         WHERE w.state = 'pending' AND w.due_at <= clock()
+                           AND (w.leased_until IS NULL OR w.leased_until < clock())
+                           AND _claimable(w.kind, a.skribble_id) AND w.id <> ALL (ids)
+                         ORDER BY w.due_at, w.id LIMIT n - cardinality(ids)
+                           FOR UPDATE OF w SKIP LOCKED);
     FOR item IN
-        WITH c AS (
-            SELECT w.id FROM work_items w LEFT JOIN signatur_anfragen a ON a.id = w.request_id
-             WHERE w.state = 'pending' AND w.due_at <= clock()
-               AND (w.leased_until IS NULL OR w.leased_until < clock())
-               AND _claimable(w.kind, a.skribble_id)
-             ORDER BY w.due_at, w.id
-             LIMIT n
-               FOR UPDATE OF w SKIP LOCKED)
         UPDATE work_items x SET leased_until = clock() + interval '10 minutes', attempts = x.attempts + 1
-          FROM c WHERE x.id = c.id
+         WHERE x.id = ANY (ids)
         RETURNING x.*
     LOOP
         call := _call_for(item);
@@ -1080,6 +1556,15 @@ BEGIN
         PERFORM _enqueue_anchor();
     END IF;
 
+    -- archiving still pending within a day of Skribble's deletion: an alarm, once
+    FOR r IN SELECT * FROM signatur_anfragen a
+              WHERE a.status = 'vollstaendig' AND _deletes_soon(a.deletion_date) AND a.deletion_alarm_at IS NULL
+                FOR UPDATE SKIP LOCKED LOOP
+        UPDATE signatur_anfragen SET deletion_alarm_at = clock() WHERE id = r.id;
+        PERFORM _emit(r.id, 'deletion_imminent', jsonb_build_object('deletion_date', r.deletion_date,
+            'reason', 'archiving is still pending within a day of Skribble deleting the request'));
+    END LOOP;
+
     DELETE FROM work_items WHERE state <> 'pending' AND finished_at < clock() - interval '30 days';
     DELETE FROM callback_inbox WHERE processed_at < clock() - interval '30 days';
     DELETE FROM webhook_ids WHERE received_at < clock() - interval '1 day';
@@ -1098,9 +1583,33 @@ UNION ALL
 SELECT 'audit_unanchored_entries',
        coalesce((SELECT max(seq) FROM audit_log), 0) - coalesce((SELECT max(seq) FROM audit_anchors), 0)
 UNION ALL
+SELECT 'archive_pending_before_deletion', count(*) FROM signatur_anfragen
+ WHERE status = 'vollstaendig' AND _deletes_soon(deletion_date)
+UNION ALL
 SELECT name, value FROM counters();
 COMMENT ON VIEW operations IS
-    'Operator metrics: queue depth by kind, unprocessed callbacks, audit entries not yet anchored, API calls, retries and calls in flight';
+    'Operator metrics: queue depth by kind, unprocessed callbacks, audit entries not yet anchored, archives pending within a day of deletion, API calls, retries and calls in flight';
+
+CREATE OR REPLACE VIEW overview WITH (security_invoker = true) AS
+SELECT a.id, a.verwaltung, a.vorgangstyp, a.title, a.status,
+       count(*) FILTER (WHERE s.status = 'signed') AS signers_signed,
+       count(s.id) AS signers_total,
+       a.created_at, a.sent_at, a.completed_at, a.archived_at, a.cancelled_at, a.cancel_reason,
+       a.completed_at - coalesce(a.sent_at, a.created_at) AS processing_time,
+       a.deletion_date
+  FROM signatur_anfragen a
+  LEFT JOIN signers s ON s.request_id = a.id AND s.status <> 'replaced'
+ GROUP BY a.id;
+COMMENT ON VIEW overview IS
+    'One row per request for the portal: signers signed/total, processing time (sending to last signature), the day Skribble deletes it';
+
+CREATE OR REPLACE VIEW request_errors AS
+SELECT DISTINCT ON (w.request_id)
+       w.request_id, a.verwaltung, a.status, w.kind, w.state, w.attempts, w.due_at,
+       w.last_error, coalesce(w.finished_at, w.created_at) AS at, a.deletion_date
+  FROM work_items w JOIN signatur_anfragen a ON a.id = w.request_id
+ WHERE w.last_error IS NOT NULL AND w.last_error NOT LIKE 'cancelled:%'
+ ORDER BY w.request_id, w.id DESC;
 
 -------------------------------------------------------------------------------
 -- Privileges of the new objects

@@ -246,6 +246,9 @@ set_request(QesCall *call, const char *bearer)
 		h = curl_slist_append(h, "Accept: application/json");
 	if (call->content_type && !has_header(call, "Content-Type"))
 		h = add_header(h, "Content-Type: %s", call->content_type);
+	else if (!call->s3 && call->body == NULL && strcmp(call->method, "GET") != 0 &&
+			 strcmp(call->method, "HEAD") != 0)
+		h = curl_slist_append(h, "Content-Type:");	/* no libcurl form type without a form */
 	/*
 	 * No 100-continue round trip to Skribble.  Not for S3: libcurl would sign
 	 * the empty header it never sends, and S3 answers 100-continue anyway.

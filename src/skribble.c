@@ -95,6 +95,8 @@ qes_skribble_login_call(MemoryContext parent)
 	call->body = body.data;
 	call->body_len = body.len;
 	call->content_type = "application/json";
+	/* the login is documented as answering text/plain only */
+	call->headers_in = list_make1(pstrdup("Accept: text/plain, */*"));
 	MemoryContextSwitchTo(old);
 	return call;
 }

@@ -45,9 +45,10 @@ const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
 let srv;          /* {proc, port} of the double under test */
 let token;        /* a valid token for the default credentials */
 
-function startServer(args = []) {
+function startServer(args = [], env = {}) {
   return new Promise((resolve, reject) => {
-    const proc = spawn(process.execPath, [SERVER, '--port', '0', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const proc = spawn(process.execPath, [SERVER, '--port', '0', ...args],
+      { stdio: ['ignore', 'pipe', 'pipe'], env: Object.assign({}, process.env, env) });
     let out = '';
     let err = '';
     const timer = setTimeout(() => reject(new Error('server did not start: ' + err)), 5000);
@@ -490,7 +491,8 @@ test('GET by id, 404 entity-not-found, and the list with search, filters and pag
   const p3 = (await call('GET', '/v2/signature-requests?page_size=2&page_number=3')).json;
   assert.deepEqual([...p1, ...p2, ...p3].map((s) => s.id), made.map((s) => s.id).reverse());
   assert.deepEqual([p1.length, p2.length, p3.length], [2, 2, 1]);
-  assertProblem(await call('GET', '/v2/signature-requests?page_size=-1&page_number=1'), 400, 'parameterized');
+  assertProblem(await call('GET', '/v2/signature-requests?page_size=-1&page_number=1'), 400, 'constraint-violation', { message: /page_size/ });
+  assertProblem(await call('GET', '/v2/signature-requests?page_size=two'), 400, 'parameterized', { message: /page_size/ });
 });
 
 /* ------------------------------------------------------------------ */
@@ -644,7 +646,7 @@ test('withdraw and DELETE: WITHDRAWN with every unsigned signature WITHDRAWN, ER
   assertProblem(await call('DELETE', `/v2/signature-requests/${sr3.id}`), 400, 'problem-with-message');
 });
 
-test('add and remove signers; a signed signature cannot be removed', async () => {
+test('add and remove signers while nobody has signed; once anyone has signed, both answer 400', async () => {
   await fresh();
   const sr = await create({ callback_success_url: `${cbBase}/ok/done/SKRIBBLE_SIGNATURE_REQUEST_ID` });
   const add = await call('POST', `/v2/signature-requests/${sr.id}/signatures`, {
@@ -656,16 +658,24 @@ test('add and remove signers; a signed signature cannot be removed', async () =>
   assert.equal(added.signer_identity_data.email_address, 'neu@example.de');
   assert.equal(added.status_code, 'OPEN');
   assertProblem(await call('POST', `/v2/signature-requests/${sr.id}/signatures`, { body: { sequence: 1 } }), 400, 'constraint-violation');
-
-  await ctl('POST', `/signature-requests/${sr.id}/signatures/mieter.a@example.de/sign`);
-  assertProblem(await call('DELETE', `/v2/signature-requests/${sr.id}/signatures/${sr.signatures[0].sid}`), 400, 'problem-with-message', { message: /signed/ });
-  assertProblem(await call('DELETE', `/v2/signature-requests/${sr.id}/signatures/no-such-sid`), 404, 'entity-not-found');
+  /* nobody has signed yet: removing works */
   const del = await call('DELETE', `/v2/signature-requests/${sr.id}/signatures/${sr.signatures[1].sid}`);
   assert.equal(del.status, 200);
   assert.equal(del.buf.length, 0);
-  const now = (await call('GET', `/v2/signature-requests/${sr.id}`)).json;
+  assertProblem(await call('DELETE', `/v2/signature-requests/${sr.id}/signatures/no-such-sid`), 404, 'entity-not-found');
+  let now = (await call('GET', `/v2/signature-requests/${sr.id}`)).json;
   assert.deepEqual(now.signatures.map((s) => s.signer_identity_data.email_address), ['mieter.a@example.de', 'neu@example.de']);
-  /* removing the last unsigned signer would complete it; signing the new one does */
+
+  /* Anna signs: from now on no signer may be added or removed, signed or not */
+  await ctl('POST', `/signature-requests/${sr.id}/signatures/mieter.a@example.de/sign`);
+  const refused = /cannot be changed because a signer has already signed/;
+  assertProblem(await call('DELETE', `/v2/signature-requests/${sr.id}/signatures/${added.sid}`), 400, 'problem-with-message', { message: refused });
+  assertProblem(await call('DELETE', `/v2/signature-requests/${sr.id}/signatures/${sr.signatures[0].sid}`), 400, 'problem-with-message', { message: refused });
+  assertProblem(await call('POST', `/v2/signature-requests/${sr.id}/signatures`,
+    { body: { signer_identity_data: { email_address: 'spaet@example.de' } } }), 400, 'problem-with-message', { message: refused });
+  assertProblem(await call('DELETE', `/v2/signature-requests/${sr.id}/signatures/no-such-sid`), 404, 'entity-not-found');
+  now = (await call('GET', `/v2/signature-requests/${sr.id}`)).json;
+  assert.deepEqual(now.signatures.map((s) => s.signer_identity_data.email_address), ['mieter.a@example.de', 'neu@example.de'], 'nothing changed');
   await ctl('POST', `/signature-requests/${sr.id}/signatures/${added.sid}/sign`);
   assert.equal((await call('GET', `/v2/signature-requests/${sr.id}`)).json.status_overall, 'SIGNED');
   await waitFor(() => receivedFor('/ok/done/').length === 1, 3000, 'success callback');
@@ -1175,4 +1185,312 @@ test('clock: without --clock it is the real time; a bad --clock is refused; the 
   } finally {
     fs.rmSync(file, { force: true });
   }
+});
+
+/* ------------------------------------------------------------------ */
+/* documented ambiguities: switches (--flags, /_control/options)       */
+/* ------------------------------------------------------------------ */
+
+const DEFAULT_OPTIONS = {
+  page_base: 1, unpaged_limit: 0, deletion_days: 5, delete_expired: true,
+  strict_accept: true, strict_content_type: true, allow_mixed_sequences: false,
+};
+
+test('options: GET /_control/options shows the switches; POST sets some, checks all first; reset restores them', async () => {
+  await fresh();
+  assert.deepEqual((await ctl('GET', '/options')).json, DEFAULT_OPTIONS);
+  const r = await ctl('POST', '/options', { page_base: 0, strict_accept: false, delete_expired: 'off' });
+  assert.equal(r.status, 200, r.text);
+  assert.deepEqual(r.json, { ...DEFAULT_OPTIONS, page_base: 0, strict_accept: false, delete_expired: false });
+  for (const bad of [{ page_base: 2 }, { page_base: '0' }, { unpaged_limit: -1 }, { deletion_days: 1.5 }, { strict_accept: 'maybe' },
+    { strict_content_type: 1 }, { no_such_option: true }, { page_base: 1, unpaged_limit: -1 }]) {
+    assertProblem(await ctl('POST', '/options', bad), 400, 'problem-with-message');
+  }
+  assert.equal((await ctl('GET', '/options')).json.page_base, 0, 'a refused POST changes nothing');
+  await ctl('POST', '/reset');
+  assert.deepEqual((await ctl('GET', '/options')).json, DEFAULT_OPTIONS);
+});
+
+test('options: flags and SKRIBBLE_DOUBLE_* variables set the switches; bad values are refused at start', async () => {
+  const s = await startServer(['--page-base', '0', '--unpaged-limit=7', '--strict-content-type', 'off', '--allow-mixed-sequences',
+    '--deletion-days', '2', '--clock', '2026-03-19T08:15:00Z'],
+  { SKRIBBLE_DOUBLE_STRICT_ACCEPT: 'off', SKRIBBLE_DOUBLE_DELETE_EXPIRED: 'no', SKRIBBLE_DOUBLE_PAGE_BASE: '1' });
+  try {
+    assert.deepEqual((await call('GET', '/_control/options', { server: s })).json, {
+      page_base: 0, unpaged_limit: 7, deletion_days: 2, delete_expired: false,
+      strict_accept: false, strict_content_type: false, allow_mixed_sequences: true,
+    }, 'flags win over the environment');
+    const tok = (await call('POST', '/v2/access/login', { server: s, headers: { Accept: 'application/json' },
+      body: { username: USER, 'api-key': KEY } })).text;
+    const sr = (await call('POST', '/v2/signature-requests', { server: s, token: tok, body: createBody() })).json;
+    assert.equal(sr.expiration_date, '2026-03-21', '--deletion-days 2');
+  } finally {
+    assert.equal(await stopServer(s), 0);
+  }
+  await assert.rejects(startServer(['--page-base', '2']), /exited early with 2.*--page-base/s);
+  await assert.rejects(startServer(['--delete-expired', 'maybe']), /exited early with 2/s);
+  await assert.rejects(startServer([], { SKRIBBLE_DOUBLE_STRICT_ACCEPT: 'perhaps' }), /exited early with 2.*strict-accept/s);
+});
+
+test('paging: unpaged answers everything (or --unpaged-limit), page_size defaults to 50, pages start at --page-base', async () => {
+  await fresh();
+  const ids = [];
+  for (let i = 0; i < 53; i++) {
+    const r = await call('POST', '/v2/signature-requests', { body: createBody({ title: `Vertrag ${i}${i % 10 === 0 ? ' Garage' : ''}` }) });
+    assert.equal(r.status, 200, r.text);
+    ids.unshift(r.json.id);   /* newest first */
+  }
+  const list = async (q) => {
+    const r = await call('GET', `/v2/signature-requests${q}`);
+    assert.equal(r.status, 200, `${q}: ${r.text.slice(0, 300)}`);
+    return r.json.map((x) => x.id);
+  };
+  const nameField = (r, field) => {
+    const p = assertProblem(r, 400, 'constraint-violation', { message: new RegExp(field) });
+    assert.equal(p.violations[0].field, field);
+  };
+
+  /* base 1 (the default) */
+  assert.deepEqual(await list(''), ids, 'pagination is disabled by default: everything');
+  assert.deepEqual(await list('?page_number=1&page_size=2'), ids.slice(0, 2));
+  assert.deepEqual(await list('?page_number=2&page_size=2'), ids.slice(2, 4));
+  assert.deepEqual(await list('?page_size=3'), ids.slice(0, 3), 'page_size alone: page_number is the base');
+  assert.deepEqual(await list('?page_number=1'), ids.slice(0, 50), 'page_number alone: page_size 50');
+  assert.deepEqual(await list('?page_number=2'), ids.slice(50));
+  assert.deepEqual(await list('?page_number=3'), []);
+  assert.deepEqual(await list('?page_size=0'), []);
+  const garage = ids.filter((_, j) => (52 - j) % 10 === 0);   /* titles 50, 40, ..., 0 carry "Garage" */
+  assert.equal(garage.length, 6);
+  assert.deepEqual(await list('?search=garage&page_size=2&page_number=2'), garage.slice(2, 4), 'filters apply before paging');
+  nameField(await call('GET', '/v2/signature-requests?page_number=0'), 'page_number');
+  nameField(await call('GET', '/v2/signature-requests?page_number=-1&page_size=10'), 'page_number');
+  nameField(await call('GET', '/v2/signature-requests?page_size=-5'), 'page_size');
+  assertProblem(await call('GET', '/v2/signature-requests?page_number=x'), 400, 'parameterized');
+
+  /* --unpaged-limit: a default page size applies even without paging parameters */
+  await ctl('POST', '/options', { unpaged_limit: 10 });
+  assert.deepEqual(await list(''), ids.slice(0, 10));
+  assert.deepEqual(await list('?page_number=1'), ids.slice(0, 50), 'explicit paging is not limited');
+  await ctl('POST', '/options', { unpaged_limit: 0 });
+
+  /* base 0: page 0 is the first */
+  assert.equal((await ctl('POST', '/options', { page_base: 0 })).json.page_base, 0);
+  assert.deepEqual(await list('?page_number=0&page_size=2'), ids.slice(0, 2));
+  assert.deepEqual(await list('?page_number=1&page_size=2'), ids.slice(2, 4));
+  assert.deepEqual(await list('?page_size=3'), ids.slice(0, 3));
+  assert.deepEqual(await list('?page_number=0'), ids.slice(0, 50));
+  assert.deepEqual(await list('?page_number=1'), ids.slice(50));
+  assert.deepEqual(await list(''), ids);
+  nameField(await call('GET', '/v2/signature-requests?page_number=-1'), 'page_number');
+  /* a client that pages from 1 until a short page misses the first page under base 0: it must start at 0 or search unpaged */
+  assert.notDeepEqual(await list('?page_number=1&page_size=100'), ids);
+});
+
+test('sequences: create and add-signer need "a real number sequence starting with 1"; -1 mixed in only with allow_mixed_sequences', async () => {
+  await fresh();
+  const signers = (...seqs) => seqs.map((q, i) => Object.assign({ signer_identity_data: { email_address: `s${i}@example.de` } },
+    q === undefined ? {} : { sequence: q }));
+  const seqMsg = /ALL signers must be in a real number sequence starting with 1/;
+  const createSeq = (...seqs) => call('POST', '/v2/signature-requests', { body: createBody({ signatures: signers(...seqs) }) });
+  for (const ok of [[1], [1, 2, 3], [1, 1, 2], [2, 1, 2, 3, 3], [-1, -1], [undefined, undefined], [undefined, -1]]) {
+    assert.equal((await createSeq(...ok)).status, 200, JSON.stringify(ok));
+  }
+  for (const bad of [[2], [2, 2], [1, 3], [1, 2, 4], [0 + 3, 1, 1], [1, -1], [-1, 2, 1], [1, undefined]]) {
+    const p = assertProblem(await createSeq(...bad), 400, 'constraint-violation', { message: seqMsg });
+    assert.equal(p.violations[0].field, 'signatures');
+  }
+  const count = (await ctl('GET', '/requests')).json.length;
+
+  /* add-signer: the request's sequences with the new one */
+  const ordered = (await createSeq(1, 2)).json;
+  const addSeq = (sr, q, email) => call('POST', `/v2/signature-requests/${sr.id}/signatures`,
+    { body: Object.assign({ signer_identity_data: { email_address: email } }, q === undefined ? {} : { sequence: q }) });
+  assertProblem(await addSeq(ordered, 4, 'four@example.de'), 400, 'constraint-violation', { message: seqMsg });
+  assertProblem(await addSeq(ordered, -1, 'any@example.de'), 400, 'constraint-violation', { message: seqMsg });
+  assertProblem(await addSeq(ordered, undefined, 'any@example.de'), 400, 'constraint-violation', { message: seqMsg });
+  let r = await addSeq(ordered, 3, 'three@example.de');
+  assert.equal(r.status, 200, r.text);
+  assert.deepEqual(r.json.signatures.map((s) => [s.sequence, s.status_code]), [[1, 'OPEN'], [2, 'WAITING'], [3, 'WAITING']]);
+  r = await addSeq(ordered, 2, 'two-b@example.de');
+  assert.equal(r.status, 200, 'a group shares a number');
+  /* the client replaces a signer by DELETE then POST: removing the only 2 leaves a gap the re-added 2 fills */
+  const one = (await createSeq(1, 2, 3)).json;
+  assert.equal((await call('DELETE', `/v2/signature-requests/${one.id}/signatures/${one.signatures[1].sid}`)).status, 200);
+  assertProblem(await addSeq(one, 4, 'new@example.de'), 400, 'constraint-violation', { message: seqMsg });
+  assert.equal((await addSeq(one, 2, 'new@example.de')).status, 200);
+  const unordered = (await createSeq(undefined, undefined)).json;
+  assertProblem(await addSeq(unordered, 1, 'first@example.de'), 400, 'constraint-violation', { message: seqMsg });
+  assert.equal((await addSeq(unordered, -1, 'any@example.de')).status, 200);
+  assert.equal((await ctl('GET', '/requests')).json.length, count + 3, 'refused creates store nothing');
+
+  /* the other reading: -1 signers sign at any time next to numbered ones */
+  await ctl('POST', '/options', { allow_mixed_sequences: true });
+  r = await createSeq(1, 2, -1);
+  assert.equal(r.status, 200, r.text);
+  assert.deepEqual(r.json.signatures.map((s) => s.status_code), ['OPEN', 'WAITING', 'OPEN']);
+  assert.equal((await addSeq(r.json, undefined, 'late@example.de')).status, 200);
+  assertProblem(await createSeq(1, 3, -1), 400, 'constraint-violation', { message: seqMsg });   /* gaps stay refused */
+  await ctl('POST', '/options', { allow_mixed_sequences: false });
+});
+
+test('deletion: expiration_date = created + deletion_days; after that date the request and its documents are gone', async () => {
+  const s = await startServer(['--clock', '2026-03-19T08:15:00Z']);
+  const c = (method, p, body) => call(method, '/_control' + p, { server: s, ...(body === undefined ? {} : { body }) });
+  const at = async (iso) => {
+    await c('POST', '/clock', { set: iso });
+    return login(s);   /* a jump of days expires every token */
+  };
+  try {
+    let tok = await login(s);
+    const api = (method, p, o = {}) => call(method, p, { server: s, token: tok, ...o });
+    const a = (await api('POST', '/v2/signature-requests', { body: createBody({ title: 'Alt' }) })).json;
+    assert.equal(a.expiration_date, '2026-03-24');
+    const up = (await api('POST', '/v2/documents', { body: { title: 'Upload', content: PDF_B64 } })).json;
+    tok = await at('2026-03-20T10:00:00Z');
+    const b = (await api('POST', '/v2/signature-requests', { body: createBody({ title: 'Neu', content: undefined, document_id: up.id }) })).json;
+    assert.equal(b.expiration_date, '2026-03-25');
+    const signed = (await c('POST', `/signature-requests/${a.id}/signatures/mieter.a@example.de/sign`)).json;
+    const aDocs = [a.document_id, signed.document_id];
+
+    /* the whole expiration_date is still there */
+    tok = await at('2026-03-24T23:59:59Z');
+    assert.equal((await api('GET', `/v2/signature-requests/${a.id}`)).status, 200);
+    /* the day after it is gone */
+    tok = await at('2026-03-25T00:00:01Z');
+    assertProblem(await api('GET', `/v2/signature-requests/${a.id}`), 404, 'entity-not-found', { message: /SignatureRequest not found/ });
+    assert.deepEqual((await api('GET', '/v2/signature-requests')).json.map((x) => x.id), [b.id]);
+    assert.deepEqual((await api('GET', '/v2/signature-requests?search=Alt')).json, []);
+    assertProblem(await api('GET', `/v2/signature-requests/${a.id}/report`), 404, 'entity-not-found');
+    assertProblem(await api('GET', `/v2/signature-requests/${a.id}/report?type=JSON`), 404, 'entity-not-found');
+    for (const d of aDocs) {
+      assertProblem(await api('GET', `/v2/documents/${d}`), 404, 'entity-not-found');
+      assertProblem(await api('GET', `/v2/documents/${d}/content`, { headers: { Accept: 'application/pdf' } }), 404, 'entity-not-found');
+    }
+    assertProblem(await c('GET', `/signature-requests/${a.id}`), 404, 'entity-not-found');
+    assert.equal((await api('GET', `/v2/signature-requests/${b.id}`)).status, 200);
+    assert.equal((await api('GET', `/v2/documents/${up.id}/content`)).status, 200);
+    assert.equal((await c('GET', '/stats')).json.expired_deleted, 1);
+
+    /* deletion_days 0: deleted the day after its creation */
+    await c('POST', '/options', { deletion_days: 0 });
+    const z = (await api('POST', '/v2/signature-requests', { body: createBody({ title: 'Kurz' }) })).json;
+    assert.equal(z.expiration_date, '2026-03-25');
+    /* delete_expired off: kept past its date, gone once it is on again */
+    await c('POST', '/options', { delete_expired: false, deletion_days: 5 });
+    tok = await at('2026-04-30T12:00:00Z');
+    assert.deepEqual((await api('GET', '/v2/signature-requests')).json.map((x) => x.id), [z.id, b.id]);
+    assert.equal((await api('GET', `/v2/documents/${up.id}`)).status, 200);
+    await c('POST', '/options', { delete_expired: true });
+    assert.deepEqual((await api('GET', '/v2/signature-requests')).json, []);
+    assertProblem(await api('GET', `/v2/documents/${up.id}`), 404, 'entity-not-found');   /* a document used by a request goes with it */
+    assert.equal((await c('GET', '/stats')).json.expired_deleted, 3);
+    assert.deepEqual((await c('GET', '/requests')).json, []);
+  } finally {
+    assert.equal(await stopServer(s), 0);
+  }
+});
+
+test('login Accept: text/plain, text/*, */*, lists with one of them or no Accept are fine; anything else gets 406 (strict_accept)', async () => {
+  await fresh();
+  const loginWith = (accept, body = { username: USER, 'api-key': KEY }) => call('POST', '/v2/access/login',
+    { body, headers: accept === undefined ? {} : { Accept: accept } });
+  for (const ok of [undefined, '', 'text/plain', 'text/*', '*/*', 'TEXT/PLAIN', 'text/plain;charset=UTF-8',
+    'application/json, text/plain', 'application/json;q=0.9, */*;q=0.1', 'application/json, text/*;q=0.5']) {
+    const r = await loginWith(ok);
+    assert.equal(r.status, 200, `Accept ${JSON.stringify(ok)}: ${r.text}`);
+    assert.match(r.headers['content-type'], /^text\/plain/);
+  }
+  for (const bad of ['application/json', 'application/problem+json', 'text/html', 'application/json, application/xml',
+    'text/plain;q=0', '*/*, text/plain;q=0', 'text/*;q=0, application/json']) {
+    const r = await loginWith(bad);
+    const p = assertProblem(r, 406, 'problem-with-message', { message: /text\/plain/ });
+    assert.equal(p.path, '/v2/access/login');
+  }
+  /* the media type is checked before the credentials */
+  assertProblem(await loginWith('application/json', { username: USER, 'api-key': 'wrong' }), 406, 'problem-with-message');
+  const form = await call('POST', '/v2/access/login', { raw: `username=${USER}&api-key=${KEY}`,
+    headers: { 'Content-Type': 'application/x-www-form-urlencoded', Accept: 'application/json' } });
+  assertProblem(form, 406, 'problem-with-message');
+  let st = (await ctl('GET', '/stats')).json;
+  assert.equal(st.not_acceptable, 9);
+  assert.equal(st.logins, 10);
+  assert.equal(st.login_failures, 0);
+  /* other calls do not care about Accept */
+  assert.equal((await call('GET', '/v2/signature-requests', { headers: { Accept: 'application/json' } })).status, 200);
+
+  await ctl('POST', '/options', { strict_accept: false });
+  const lenient = await loginWith('application/json');
+  assert.equal(lenient.status, 200);
+  assert.match(lenient.headers['content-type'], /^text\/plain/, 'still text/plain: the double never answers the login as JSON');
+  st = (await ctl('GET', '/stats')).json;
+  assert.equal(st.not_acceptable, 9);
+});
+
+test('body-less POST/DELETE with Content-Type application/x-www-form-urlencoded get 415 (strict_content_type); login is exempt', async () => {
+  await fresh();
+  const sr = await create();
+  const FORM = { 'Content-Type': 'application/x-www-form-urlencoded' };
+  const is415 = (r) => assertProblem(r, 415, 'problem-with-message', { message: /x-www-form-urlencoded/ });
+  is415(await call('POST', `/v2/signature-requests/${sr.id}/remind`, { raw: '', headers: FORM }));
+  is415(await call('POST', `/v2/signature-requests/${sr.id}/remind`, { raw: '', headers: { 'Content-Type': 'application/x-www-form-urlencoded; charset=UTF-8' } }));
+  is415(await call('DELETE', `/v2/signature-requests/${sr.id}/signatures/${sr.signatures[1].sid}`, { raw: '', headers: FORM }));
+  is415(await call('DELETE', `/v2/signature-requests/${sr.id}`, { raw: '', headers: FORM }));
+  is415(await call('POST', `/v2/signature-requests/${sr.id}/withdraw`, { raw: '{"message":"x"}', headers: FORM }));
+  is415(await call('POST', '/v2/signature-requests', { raw: JSON.stringify(createBody({ custom: 'form' })), headers: FORM }));
+  /* none of them did anything */
+  const now = (await ctl('GET', `/signature-requests/${sr.id}`)).json;
+  assert.equal(now.status_overall, 'OPEN');
+  assert.equal(now.signatures.length, 2);
+  assert.equal(now._double.reminders, 0);
+  assert.deepEqual((await ctl('GET', '/requests?custom=form')).json, []);
+  /* authentication comes first, as in a Spring filter chain; GET and the login do not care */
+  assertProblem(await call('POST', `/v2/signature-requests/${sr.id}/remind`, { raw: '', headers: FORM, token: null }), 401, 'problem-with-message');
+  assert.equal((await call('GET', `/v2/signature-requests/${sr.id}`, { headers: FORM })).status, 200);
+  assert.equal((await call('POST', '/v2/access/login', { raw: `username=${USER}&api-key=${KEY}`, headers: FORM })).status, 200);
+  /* what a careful client sends: no body and no Content-Type, or JSON */
+  assert.equal((await call('POST', `/v2/signature-requests/${sr.id}/remind`, { raw: '' })).status, 200);
+  assert.equal((await call('DELETE', `/v2/signature-requests/${sr.id}/signatures/${sr.signatures[1].sid}`, { raw: '' })).status, 200);
+  assert.equal((await call('POST', `/v2/signature-requests/${sr.id}/withdraw`, { body: { message: 'x' } })).status, 200);
+  assert.equal((await ctl('GET', '/stats')).json.unsupported_media_type, 6);
+
+  await ctl('POST', '/options', { strict_content_type: false });
+  const other = await create();
+  assert.equal((await call('POST', `/v2/signature-requests/${other.id}/remind`, { raw: '', headers: FORM })).status, 200);
+  assert.equal((await call('DELETE', `/v2/signature-requests/${other.id}`, { raw: '', headers: FORM })).status, 200);
+  assert.equal((await ctl('GET', '/stats')).json.unsupported_media_type, 6);
+});
+
+test('409 Conflict and 423 Locked ("retry later"): injected by faults and by scripts, with a matching problem body', async () => {
+  await fresh();
+  const sr = await create();
+  await ctl('POST', '/faults', { error_rate: 1, error_status: 423 });
+  const locked = assertProblem(await call('GET', `/v2/signature-requests/${sr.id}`), 423, 'problem-with-message',
+    { message: /being processed, retry later/ });
+  assert.equal(locked.status, 423);
+  assertProblem(await call('POST', '/v2/signature-requests', { body: createBody({ custom: 'locked' }) }), 423, 'problem-with-message');
+  assertProblem(await call('POST', `/v2/signature-requests/${sr.id}/remind`), 423, 'problem-with-message');
+  await ctl('POST', '/faults', { error_rate: 1, error_status: 409, paths: 'remind' });
+  assertProblem(await call('POST', `/v2/signature-requests/${sr.id}/remind`), 409, 'problem-with-message', { message: /retry later/ });
+  assert.equal((await call('GET', `/v2/signature-requests/${sr.id}`)).status, 200);
+  assert.deepEqual((await ctl('GET', '/faults')).json.error_status, 409);
+  await ctl('POST', '/faults', {});
+  assert.deepEqual((await ctl('GET', '/requests?custom=locked')).json, [], 'an injected 423 does no work');
+  assert.equal((await ctl('GET', `/signature-requests/${sr.id}`)).json._double.reminders, 0);
+
+  /* scripts: exactly this answer, the next N times */
+  const problem = (status, message) => JSON.stringify({ type: 'https://api.skribble.com/problem/problem-with-message',
+    method: 'POST', path: '/v2/signature-requests', status, message });
+  await ctl('POST', '/script', { method: 'POST', path: '^/v2/signature-requests$', status: 423,
+    headers: { 'Content-Type': 'application/problem+json', 'Retry-After': '2' },
+    body: problem(423, 'The resource is being processed, retry later'), times: 2 });
+  await ctl('POST', '/script', { method: 'POST', path: '^/v2/signature-requests$', status: 409,
+    headers: { 'Content-Type': 'application/problem+json' }, body: problem(409, 'Conflict'), times: 1 });
+  for (let i = 0; i < 2; i++) {
+    const r = await call('POST', '/v2/signature-requests', { body: createBody({ custom: 'scripted' }) });
+    assertProblem(r, 423, 'problem-with-message', { message: /retry later/ });
+    assert.equal(r.headers['retry-after'], '2');
+  }
+  assertProblem(await call('POST', '/v2/signature-requests', { body: createBody({ custom: 'scripted' }) }), 409, 'problem-with-message');
+  assert.equal((await call('POST', '/v2/signature-requests', { body: createBody({ custom: 'scripted' }) })).status, 200);
+  assert.equal((await ctl('GET', '/requests?custom=scripted')).json.length, 1, 'only the unscripted create was stored');
 });

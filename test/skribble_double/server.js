@@ -35,8 +35,19 @@ const OPTIONS = {
   'state-file': { def: '', type: 'str', help: 'load state from this file at start, save it on SIGTERM/SIGINT and POST /_control/save' },
   'seed': { def: 1, type: 'int', help: 'default seed of the fault-injection PRNG' },
   'clock': { def: '', type: 'str', help: 'ISO 8601 time the double\'s clock starts at (it runs on in real time; default: the real time)' },
+  /* switches for what Skribble's documentation leaves open; each can be flipped at run time (POST /_control/options) */
+  'page-base': { def: 1, type: 'int', help: '0|1: the first page_number of GET /v2/signature-requests (1: page_number < 1 is a 400)' },
+  'unpaged-limit': { def: 0, type: 'int', help: 'without page_number and page_size the list answers everything (0) or only the first N' },
+  'deletion-days': { def: 5, type: 'int', help: 'expiration_date = creation date + N days: the day Skribble deletes the request' },
+  'delete-expired': { def: true, type: 'switch', help: 'once the clock\'s date is after expiration_date the request and its documents are gone' },
+  'strict-accept': { def: true, type: 'switch', help: 'a login whose Accept does not admit text/plain gets 406' },
+  'strict-content-type': { def: true, type: 'switch', help: 'a POST/DELETE (not login) with Content-Type application/x-www-form-urlencoded gets 415' },
+  'allow-mixed-sequences': { def: false, type: 'switch', help: 'signers with sequence -1 may be mixed with numbered ones' },
   'verbose': { def: false, type: 'bool', help: 'log every request to stderr' },
 };
+
+const SWITCH_ON = ['on', 'true', 'yes', '1'];
+const SWITCH_OFF = ['off', 'false', 'no', '0'];
 
 /* parseOptions reads SKRIBBLE_DOUBLE_<NAME> environment variables, then --name value / --name=value flags. */
 function parseOptions(argv, env) {
@@ -49,7 +60,8 @@ function parseOptions(argv, env) {
     const arg = argv[i];
     if (arg === '--help' || arg === '-h') {
       process.stdout.write('usage: node server.js [options]\n' + Object.entries(OPTIONS).map(([n, s]) =>
-        `  --${n}${s.type === 'bool' ? '' : ' <' + s.type + '>'}  ${s.help} (default ${JSON.stringify(s.def)})`).join('\n') + '\n');
+        `  --${n}${s.type === 'bool' ? '' : s.type === 'switch' ? ' [on|off]' : ' <' + s.type + '>'}  ${s.help} ` +
+        `(default ${s.type === 'switch' ? (s.def ? 'on' : 'off') : JSON.stringify(s.def)})`).join('\n') + '\n');
       process.exit(0);
     }
     const m = /^--([a-z-]+)(?:=(.*))?$/.exec(arg);
@@ -58,6 +70,8 @@ function parseOptions(argv, env) {
     let val = m[2];
     if (val === undefined) {
       if (spec.type === 'bool') val = 'true';
+      /* a switch takes on/off as its next argument; given alone it means on */
+      else if (spec.type === 'switch') val = i + 1 < argv.length && SWITCH_ON.concat(SWITCH_OFF).includes(argv[i + 1].toLowerCase()) ? argv[++i] : 'on';
       else if (i + 1 < argv.length) val = argv[++i];
       else fail(`option --${m[1]} needs a value`);
     }
@@ -65,6 +79,8 @@ function parseOptions(argv, env) {
   }
   if (!['auto', 'always', 'never'].includes(out['demo-quality'])) fail('--demo-quality must be auto, always or never');
   if (out.clock !== '' && parseIsoTime(out.clock) === null) fail(`--clock needs an ISO 8601 time like 2026-03-19T08:15:00Z, got ${out.clock}`);
+  if (out['page-base'] !== 0 && out['page-base'] !== 1) fail(`--page-base must be 0 or 1, got ${out['page-base']}`);
+  if (out['deletion-days'] > 36500) fail(`--deletion-days must be at most 36500, got ${out['deletion-days']}`);
   return out;
 }
 
@@ -75,6 +91,12 @@ function convertOption(name, spec, raw) {
     return n;
   }
   if (spec.type === 'bool') return !['0', 'false', 'no', 'off', ''].includes(String(raw).toLowerCase());
+  if (spec.type === 'switch') {
+    const v = String(raw).toLowerCase();
+    if (SWITCH_ON.includes(v)) return true;
+    if (SWITCH_OFF.includes(v)) return false;
+    fail(`option --${name} needs on or off, got ${raw}`);
+  }
   return String(raw);
 }
 
@@ -102,7 +124,6 @@ const LEGISLATIONS = ['ZERTES', 'EIDAS'];
 const ATTACH_ON_SUCCESS = ['SIGNED_DOCUMENT', 'SIGNATURE_PROTOCOL'];
 const REPORT_TYPES = ['PDF', 'JSON', 'HTML'];
 const EMAIL_RE = /^[^\s@]+@[^\s@]+\.[^\s@]+$/;
-const EXPIRATION_DAYS = 5;   /* the demo answers show expiration_date = created + 5 days */
 const CUSTOM_MAX = 10000;
 const WITHDRAW_MESSAGE_MAX = 2048;
 
@@ -201,6 +222,14 @@ function freshRuntime() {
     faults: null,
     scripts: [],                  /* scripted answers, first match wins (setScript) */
     rng: mulberry32(cfg.seed),
+    /* the switches of POST /_control/options (optionsView lists them) */
+    pageBase: cfg['page-base'],
+    unpagedLimit: cfg['unpaged-limit'],
+    deletionDays: cfg['deletion-days'],
+    deleteExpired: cfg['delete-expired'],
+    strictAccept: cfg['strict-accept'],
+    strictContentType: cfg['strict-content-type'],
+    allowMixedSequences: cfg['allow-mixed-sequences'],
   };
 }
 
@@ -212,6 +241,9 @@ function freshStats() {
     total_calls: 0,
     faults_injected: { error: 0, rate_limit: 0, timeout: 0, drop_after_create: 0 },
     scripted: 0,
+    expired_deleted: 0,
+    not_acceptable: 0,
+    unsupported_media_type: 0,
     callbacks: { sent: 0, failed: 0, completed: 0, resignated: 0, pending: 0 },
     logins: 0,
     login_failures: 0,
@@ -419,6 +451,7 @@ function onRequest(req, res) {
     const t0 = Date.now();
     res.on('close', () => process.stderr.write(`${req.method} ${url} ${res.statusCode} ${Date.now() - t0}ms\n`));
   }
+  sweepExpired();
   if (path === '/_control' || path.startsWith('/_control/')) {
     readBody(req, (body, over) => {
       if (over) return sendProblem(ctx, 413, 'limit-exceeded', 'Maximum upload size exceeded');
@@ -459,8 +492,68 @@ function handleApi(ctx) {
       throw new ApiError(404, 'problem-with-message', `No endpoint ${req.method} ${ctx.path}`);
     }
     if (!ctx.route.opts.noAuth) authenticate(req);
+    checkContentType(ctx);
     return ctx.route.handler(ctx);
   }));
+}
+
+/* ------------------------------------------------------------------ */
+/* Media types: Accept of the login, Content-Type of body-less calls   */
+/* ------------------------------------------------------------------ */
+
+/*
+ * acceptsTextPlain tells whether an Accept header admits text/plain.  The
+ * login is documented as answering text/plain only (paths/access_login.yaml,
+ * 200 content text/plain; skribble-legacy-postman.md /v2/access/login: 200
+ * text/plain; api.docs.skribble.com/docs/authentication: "Response
+ * (text/plain): the token is returned as a plain string, not wrapped in
+ * JSON").  A Spring server whose handler produces text/plain answers 406 Not
+ * Acceptable to an Accept it cannot satisfy, such as exactly
+ * application/json.  As RFC 9110 12.5.1 says, the most specific range that
+ * matches decides (text/plain over text/* over * / *), and q=0 means "not this
+ * one"; no header, or an empty one, admits anything.
+ */
+function acceptsTextPlain(header) {
+  if (header === undefined || String(header).trim() === '') return true;
+  let best = -1;      /* specificity of the best matching range so far */
+  let q = 0;
+  for (const part of String(header).split(',')) {
+    const [range, ...params] = part.split(';').map((x) => x.trim().toLowerCase());
+    const spec = range === 'text/plain' ? 2 : range === 'text/*' ? 1 : range === '*/*' ? 0 : -1;
+    if (spec < 0 || spec < best) continue;
+    let rq = 1;
+    for (const p of params) {
+      const m = /^q=([0-9.]+)$/.exec(p);
+      if (m) rq = Number(m[1]);
+    }
+    if (!Number.isFinite(rq)) rq = 0;
+    if (spec > best) { best = spec; q = rq; } else q = Math.max(q, rq);
+  }
+  return best >= 0 && q > 0;
+}
+
+/*
+ * checkContentType: with --strict-content-type (default on), a POST or
+ * DELETE under /v2 other than the login that carries Content-Type
+ * application/x-www-form-urlencoded (what libcurl adds by itself to a POST
+ * whose postfields are empty) gets 415 Unsupported Media Type.  The Skribble
+ * documentation lists 415 (components/responses/UnsupportedMediaType.yaml)
+ * but says for no body-less call what it does with a form content type:
+ * this is a strict reading, chosen so that a client that passes under it
+ * is safe under every reading (it sends either JSON with
+ * Content-Type: application/json, or no body and no Content-Type).  The
+ * login takes JSON or form (paths/access_login.yaml requestBody), so it is
+ * exempt.
+ */
+function checkContentType(ctx) {
+  if (!rt.strictContentType || !ctx.route || ctx.route.opts.login) return;
+  if (ctx.method !== 'POST' && ctx.method !== 'DELETE') return;
+  const ct = ctx.req.headers['content-type'];
+  if (ct === undefined) return;
+  if (ct.split(';')[0].trim().toLowerCase() === 'application/x-www-form-urlencoded') {
+    stats.unsupported_media_type++;
+    throw new ApiError(415, 'problem-with-message', `Content-Type '${ct}' is not supported`);
+  }
 }
 
 /* runHandler runs a (sync or async) handler and turns thrown ApiErrors into problem answers. */
@@ -498,12 +591,27 @@ function drawFault() {
   return null;
 }
 
+/*
+ * Messages of injected errors.  Skribble's error-handling page
+ * (api.docs.skribble.com/docs/error-handling, "HTTP Status Codes", Client
+ * Error Codes) lists 409 Conflict "Resource state doesn't allow the
+ * operation" and 423 Locked "Resource is being processed (retry later)"
+ * besides 429 and the 5xx codes to retry (skribble-api.md, "Errors to
+ * retry"; components/responses/Locked.yaml).  error_status takes any code
+ * from 400 to 599, so faults can answer either; the problem's status
+ * matches the answer's.
+ */
+const FAULT_MESSAGES = {
+  409: 'The resource state does not allow the operation right now, retry later',
+  423: 'The resource is being processed, retry later',
+};
+
 function injectFault(ctx, kind) {
   const f = rt.faults;
   stats.faults_injected[kind]++;
   if (kind === 'error') {
     const st = f.error_status;
-    return sendProblem(ctx, st, 'problem-with-message', http.STATUS_CODES[st] || 'Error');
+    return sendProblem(ctx, st, 'problem-with-message', FAULT_MESSAGES[st] || http.STATUS_CODES[st] || 'Error');
   }
   if (kind === 'rate_limit') {
     return sendProblem(ctx, 429, 'limit-exceeded', 'Too many requests', {
@@ -1025,7 +1133,36 @@ function requireOpen(sr, what, status = 400) {
   }
 }
 
-/* validateCreate checks a create body like Skribble (title, quality/legislation, signers, sizes). */
+/*
+ * checkSequences: the sequences of all signers of a request (a create, or
+ * the request with an added signer) must be "a real number sequence
+ * starting with 1".  That is the documented 400 example "ALL signers must be
+ * in a real number sequence starting with 1" (quoted in skribble-api.md,
+ * "Rules and ambiguities": Sequences; the OpenAPI example
+ * components/examples/CreateSignatureBasic.yaml#/Sequences numbers its
+ * signers 1, 2, 3, 4; SignatureRecipient.yaml: sequence default -1).  So the
+ * distinct positive values used must be exactly 1..k; signers sharing a
+ * number sign in parallel (the demo capture get_signature-response.json has
+ * two signers with sequence 1).  Every signer at -1 (or without a sequence)
+ * means any order.
+ * Mixing -1 with numbered signers: the v2 documentation does not say.  "ALL
+ * signers must be ..." reads as "once sequences are used, every signer has
+ * one", so the double refuses the mix by default; --allow-mixed-sequences on
+ * accepts it (a -1 signer is then never WAITING), the reading Skribble's v3
+ * migration guide suggests ("-1 (default): No specific order - can sign at
+ * any time").  A client that never mixes is safe under both.
+ */
+function checkSequences(seqs, field) {
+  const numbered = new Set(seqs.filter((q) => q >= 1));
+  if (numbered.size === 0) return;
+  const message = 'ALL signers must be in a real number sequence starting with 1';
+  if (seqs.some((q) => q === -1) && !rt.allowMixedSequences) throw violation(field, message);
+  let max = 0;
+  for (const q of numbered) if (q > max) max = q;
+  if (max !== numbered.size) throw violation(field, message);
+}
+
+/* validateCreate checks a create body like Skribble (title, quality/legislation, signers, sequences, sizes). */
 function validateCreate(b) {
   if (!b || typeof b !== 'object' || Array.isArray(b)) throw badRequest('Request body must be a JSON object');
   if (typeof b.title !== 'string' || b.title.trim() === '') throw violation('title', 'must not be blank');
@@ -1039,6 +1176,7 @@ function validateCreate(b) {
   v.legislation = b.legislation == null ? null : b.legislation;
   if (b.signatures != null && !Array.isArray(b.signatures)) throw violation('signatures', 'must be an array');
   v.signers = (b.signatures || []).map((s, i) => validateSigner(s, `signatures[${i}]`));
+  checkSequences(v.signers.map((s) => s.sequence), 'signatures');
   v.cc = optEmailList(b, 'cc_email_addresses');
   v.callback_success_url = optUrl(b, 'callback_success_url');
   v.callback_update_url = optUrl(b, 'callback_update_url');
@@ -1080,7 +1218,7 @@ async function hCreateSR(ctx) {
     attach_on_success: v.attach_on_success, custom: v.custom, expires_at: v.expires_at,
     owner: cfg['api-username'], write_access: v.write_access,
     created_at: now, updated_at: now,
-    expiration_date: isoNow(nowMs + EXPIRATION_DAYS * 86400000).slice(0, 10),
+    expiration_date: expirationDate(nowMs),
     callback_success_url: v.callback_success_url, callback_update_url: v.callback_update_url,
     callback_error_url: v.callback_error_url,
     doc_ids: [], events: [], callbacks: [], reminders: 0, last_reminder_at: 0,
@@ -1094,6 +1232,7 @@ async function hCreateSR(ctx) {
   recomputeOrder(sr);
   addEvent(sr, 'CREATED', sr.owner, { document_id: doc.id });
   state.srs.set(sr.id, sr);
+  if (nextExpiry !== null && sr.expiration_date < nextExpiry) nextExpiry = sr.expiration_date;
   stats.creates++;
   if (sr.custom !== undefined) stats.creates_by_custom[sr.custom] = (stats.creates_by_custom[sr.custom] || 0) + 1;
   if (shouldDropAfterCreate(ctx)) {
@@ -1113,33 +1252,55 @@ function hGetSR(ctx) {
   sendJson(ctx, 200, srJson(getSrOr404(ctx.params.SR_ID)));
 }
 
-function queryInt(ctx, name, min) {
+/* queryInt reads an integer query parameter: null when absent, 400 parameterized when it is not an integer. */
+function queryInt(ctx, name) {
   const raw = ctx.query.get(name);
   if (raw === null || raw === '') return null;
   const n = Number(raw);
-  if (!Number.isInteger(n) || n < min) {
-    throw new ApiError(400, 'parameterized', `Parameter ${name} must be an integer >= ${min}`);
-  }
+  if (!Number.isInteger(n)) throw new ApiError(400, 'parameterized', `Parameter ${name} must be an integer`);
   return n;
 }
 
-/* hListSR lists requests newest first, filtered by title substring, status and account_email; paged on request. */
+/*
+ * hListSR lists requests newest first, filtered by title substring, status
+ * and account_email.
+ *
+ * Paging, as documented: "page_number: Page number for pagination. By
+ * default pagination is disabled" (components/parameters/PageNumber.yaml);
+ * page_size "default: 50, minimum: 0" (PageSize.yaml).  Where pages start is
+ * not settled: PageNumber.yaml says minimum 1, the legacy documentation
+ * (skribble-legacy-postman.md, GET /v2/signature-requests, Pagination) says
+ * "Page number must be greater than or equal to 0", and the server-generated
+ * spec shows 0 as its example.  So:
+ *   --page-base 1 (default): page 1 is the first; page_number < 1 is a 400
+ *     constraint-violation naming page_number;
+ *   --page-base 0: page 0 is the first (page_number < 0 is the 400).
+ * Whether "pagination is disabled" really means "everything" is the other
+ * open point: --unpaged-limit 0 (default) answers everything when neither
+ * parameter is given; N > 0 answers only the first N, as if a default page
+ * size applied anyway.  Given only page_size, page_number is the base; given
+ * only page_number, page_size is 50.  page_size 0 gives an empty page.
+ */
 function hListSR(ctx) {
   const q = ctx.query;
   const search = (q.get('search') || '').toLowerCase();
   const status = q.get('status_overall') || '';
   const sigStatus = q.get('signature_status') || '';
   const account = q.get('account_email') || '';
-  let page = queryInt(ctx, 'page_number', 0);
-  const size = queryInt(ctx, 'page_size', 0);
+  const base = rt.pageBase;
+  let page = queryInt(ctx, 'page_number');
+  let size = queryInt(ctx, 'page_size');
+  if (page !== null && page < base) throw violation('page_number', `must be greater than or equal to ${base}`);
+  if (size !== null && size < 0) throw violation('page_size', 'must be greater than or equal to 0');
   let skip = 0;
   let take = Infinity;
-  if (page !== null) {
-    if (page === 0) page = 1;     /* the legacy docs count from 0, v2 from 1: treat 0 as the first page */
-    take = size === null ? 50 : size;
-    skip = (page - 1) * take;
-  } else if (size !== null) {
+  if (page === null && size === null) {
+    if (rt.unpagedLimit > 0) take = rt.unpagedLimit;
+  } else {
+    if (page === null) page = base;
+    if (size === null) size = 50;
     take = size;
+    skip = (page - base) * size;
   }
   const out = [];
   if (take > 0) {
@@ -1192,6 +1353,43 @@ function hDeleteSR(ctx) {
   sendEmpty(ctx);
 }
 
+/*
+ * Deletion.  Each SignatureRequest carries expiration_date
+ * (components/schemas/SignatureResponse.yaml, a date such as 2025-11-21),
+ * the day Skribble deletes it (skribble-api.md, "Deletion"); the demo
+ * capture skribble-demo-responses/get_signature-response.json shows
+ * created_at 2024-08-21T08:02:35.395Z with expiration_date 2024-08-26, five
+ * days later (--deletion-days, default 5).  With --delete-expired on
+ * (default), once the date on the double's clock (UTC) is after
+ * expiration_date, the request and its documents are gone: GET answers 404
+ * entity-not-found, lists leave it out, reports and document content answer
+ * 404.  The date is fixed at creation; changing --deletion-days at run time
+ * affects requests created from then on.
+ */
+function expirationDate(createdMs) {
+  return isoNow(createdMs + rt.deletionDays * 86400000).slice(0, 10);
+}
+
+let nextExpiry = null;   /* the earliest expiration_date of a stored request; null: not known, scan */
+
+/* sweepExpired removes every request whose expiration_date lies before today's date on the double's clock. */
+function sweepExpired() {
+  if (!rt.deleteExpired) return;
+  const today = isoNow().slice(0, 10);
+  if (nextExpiry !== null && today <= nextExpiry) return;
+  let min = '9999-12-31';
+  for (const sr of state.srs.values()) {
+    if (typeof sr.expiration_date !== 'string') continue;
+    if (sr.expiration_date < today) {
+      removeSr(sr);
+      stats.expired_deleted++;
+    } else if (sr.expiration_date < min) {
+      min = sr.expiration_date;
+    }
+  }
+  nextExpiry = min;
+}
+
 function removeSr(sr) {
   if (sr.rt.cbTimer) clearTimeout(sr.rt.cbTimer);
   stats.callbacks.pending -= sr.rt.cbOpen;
@@ -1203,10 +1401,28 @@ function removeSr(sr) {
   state.srs.delete(sr.id);
 }
 
+/*
+ * Signer changes.  The description of the signature-request update says:
+ * "Changes to the signatures can only be made as long as none of the
+ * signers have already completed the signature" (paths/signature-requests.yaml,
+ * put: Update a Signature Request; skribble-legacy-postman.md, "Add or
+ * remove multiple signers simultaneously"; api.docs.skribble.com
+ * sign-api-v2/update-signature-request, "Updating signers").  The same
+ * holds for adding and removing one signer: as soon as any signature of the
+ * request is SIGNED, both answer 400.
+ */
+function requireNobodySigned(sr) {
+  if (sr.signatures.some((s) => s.status_code === 'SIGNED')) {
+    throw badRequest('The signature request cannot be changed because a signer has already signed');
+  }
+}
+
 function hAddSigner(ctx) {
   const sr = getSrOr404(ctx.params.SR_ID);
   const spec = validateSigner(jsonBody(ctx), 'signature');
   requireOpen(sr, 'Adding a signer');
+  requireNobodySigned(sr);
+  checkSequences(sr.signatures.map((s) => s.sequence).concat([spec.sequence]), 'sequence');
   const sig = makeSignature(sr, spec);
   sr.signatures.push(sig);
   recomputeOrder(sr);
@@ -1220,7 +1436,7 @@ function hRemoveSigner(ctx) {
   const idx = sr.signatures.findIndex((s) => s.sid === ctx.params.SID);
   if (idx < 0) throw notFound('Signature');
   requireOpen(sr, 'Removing a signer');
-  if (sr.signatures[idx].status_code === 'SIGNED') throw badRequest('A signature that is already signed cannot be removed');
+  requireNobodySigned(sr);
   const [sig] = sr.signatures.splice(idx, 1);
   recomputeOrder(sr);
   addEvent(sr, 'SIGNERS_REMOVED', sr.owner, { sid: sig.sid });
@@ -1265,6 +1481,12 @@ function safeEqual(a, b) {
 }
 
 function hLogin(ctx) {
+  /* --strict-accept (default on): the login produces text/plain only; see acceptsTextPlain */
+  if (rt.strictAccept && !acceptsTextPlain(ctx.req.headers.accept)) {
+    stats.not_acceptable++;
+    throw new ApiError(406, 'problem-with-message',
+      `No acceptable representation: the login answers text/plain only, the request accepts ${ctx.req.headers.accept}`);
+  }
   const ct = (ctx.req.headers['content-type'] || '').toLowerCase();
   let creds;
   if (ct.includes('application/x-www-form-urlencoded')) {
@@ -1656,6 +1878,7 @@ function reset() {
   rt = freshRuntime();
   stats = freshStats();
   clockOffsetMs = startClockOffsetMs;
+  nextExpiry = null;
 }
 
 function clockView() {
@@ -1677,6 +1900,45 @@ function setClock(b) {
     clockOffsetMs = ms - Date.now();
   }
   return clockView();
+}
+
+/* the switches of GET/POST /_control/options: JSON name -> [runtime field, kind, min, max] */
+const RUNTIME_OPTIONS = {
+  page_base: ['pageBase', 'int', 0, 1],
+  unpaged_limit: ['unpagedLimit', 'int', 0, 1e9],
+  deletion_days: ['deletionDays', 'int', 0, 36500],
+  delete_expired: ['deleteExpired', 'switch'],
+  strict_accept: ['strictAccept', 'switch'],
+  strict_content_type: ['strictContentType', 'switch'],
+  allow_mixed_sequences: ['allowMixedSequences', 'switch'],
+};
+
+function optionsView() {
+  const o = {};
+  for (const [name, [field]] of Object.entries(RUNTIME_OPTIONS)) o[name] = rt[field];
+  return o;
+}
+
+/* setOptions serves POST /_control/options: checks every given switch first, then sets them all; unknown names are a 400. */
+function setOptions(b) {
+  const next = {};
+  for (const [name, v] of Object.entries(b)) {
+    const spec = RUNTIME_OPTIONS[name];
+    if (!spec) throw badRequest(`unknown option ${name}; known: ${Object.keys(RUNTIME_OPTIONS).join(', ')}`);
+    const [field, kind, min, max] = spec;
+    if (kind === 'int') {
+      if (!Number.isInteger(v) || v < min || v > max) throw badRequest(`${name} must be an integer from ${min} to ${max}`);
+      next[field] = v;
+    } else if (typeof v === 'boolean') {
+      next[field] = v;
+    } else if (typeof v === 'string' && SWITCH_ON.concat(SWITCH_OFF).includes(v.toLowerCase())) {
+      next[field] = SWITCH_ON.includes(v.toLowerCase());
+    } else {
+      throw badRequest(`${name} must be true or false (or "on" or "off")`);
+    }
+  }
+  Object.assign(rt, next);
+  return optionsView();
 }
 
 function num(b, field, min, max) {
@@ -1714,6 +1976,8 @@ function handleControl(ctx, segs) {
     for (const sr of state.srs.values()) for (const c of sr.callbacks) out.push(callbackView(c));
     return ok(out);
   }
+  if (m === 'GET' && p === 'options') return ok(optionsView());
+  if (m === 'POST' && p === 'options') return ok(setOptions(body()));
   if (m === 'GET' && p === 'faults') return ok(faultsView());
   if (m === 'POST' && p === 'faults') { setFaults(body()); return ok(faultsView()); }
   if (m === 'GET' && p === 'script') return ok(scriptsView());

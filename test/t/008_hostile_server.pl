@@ -121,9 +121,13 @@ scenario '403 to a GET whose body is JSON nested 100,000 deep' => sub {
 			headers => { 'Content-Type' => 'application/problem+json' },
 			body => '{"key":' . '[' x 100_000 . ']' x 100_000 . '}', times => 1 });
 	refresh($id);
-	ok(wait_until($node, "SELECT leased_until IS NULL AND (failures > 0 OR state = 'failed') FROM qes_sign.work_items "
-			  . "WHERE request_id = '$id' AND kind = 'refresh'", 't', 15),
-		'the answer was recorded (retried or given up), not left leased');
+	# a 403 without an error.auth key on a refresh is retried (only a refused
+	# create ends a request): recorded as a failure, then sent again
+	ok(wait_until($node, "SELECT (state = 'done' AND attempts >= 2) OR (leased_until IS NULL AND failures > 0) "
+			  . "FROM qes_sign.work_items WHERE request_id = '$id' AND kind = 'refresh'", 't', 15),
+		'the answer was recorded as a failed attempt and retried, not left leased');
+	isnt($node->safe_psql('postgres', "SELECT status FROM qes_sign.signatur_anfragen WHERE id = '$id'"),
+		'abgebrochen', 'the request goes on');
 	ok($node->log_contains(qr/could not read field "key" of an answer: stack depth limit exceeded/, $offset),
 		'the worker warned that it could not read the key');
 	note('the refresh item: ' . $node->safe_psql('postgres',
@@ -155,7 +159,9 @@ scenario 'an answer that cannot be applied: retried, given up after 3 failures, 
 		'1', 'a row in request_errors');
 	like($node->safe_psql('postgres', "SELECT last_error FROM qes_sign.request_errors WHERE request_id = '$id'"),
 		qr/SignatureRequest/, 'naming what could not be applied');
-	ok(grep({ $_ eq 'skribble_error' } @{ events($node, $id) }), 'and in the audit trail');
+	ok(grep({ $_ eq 'call_failed' } @{ events($node, $id) }), 'and in the audit trail (call_failed)');
+	isnt($node->safe_psql('postgres', "SELECT status FROM qes_sign.signatur_anfragen WHERE id = '$id'"),
+		'abgebrochen', 'the request itself stands, for an operator');
 	my $now = ops($node);
 	is($now->{api_retries} - $ops->{api_retries}, 2, 'operations: 2 retries');
 	is($now->{api_failures} - $ops->{api_failures}, 1, 'operations: 1 failure');
