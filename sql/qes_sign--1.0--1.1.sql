@@ -614,6 +614,18 @@ BEGIN
 END
 $$;
 
+-- _search_from (1.0) is replaced: the window in which a create whose
+-- answer was lost may still be stored at Skribble ends qes_sign.http_timeout
+-- after the later of its post and the loss (a create that timed out may be
+-- stored after the client gave up)
+CREATE OR REPLACE FUNCTION _search_from(payload jsonb) RETURNS timestamptz
+LANGUAGE sql STABLE AS $$
+    SELECT CASE jsonb_typeof(payload -> 'posted')
+           WHEN 'string' THEN greatest((payload ->> 'posted')::timestamptz, (payload ->> 'lost')::timestamptz)
+                              + current_setting('qes_sign.http_timeout')::interval
+           ELSE '-infinity' END
+$$;
+
 -- _search_answer: a search for a create whose answer was lost.  The first
 -- search asks without paging (pagination is off unless asked for); an
 -- answer of 50 or more (a default page size may have cut it) is read again
@@ -647,7 +659,7 @@ BEGIN
                       jsonb_build_object('searches', searches));
     END IF;
     -- not created: send it (again)
-    UPDATE work_items SET payload = payload - 'posted' - 'searches' WHERE id = w.id;
+    UPDATE work_items SET payload = payload - 'posted' - 'searches' - 'lost' WHERE id = w.id;
     RETURN _again(w.id, '0');
 END
 $$;
@@ -983,14 +995,11 @@ BEGIN
         END IF;
     END IF;
     -- Skribble deletes the request on its deletion date: nobody can sign
-    -- after it, so it is withdrawn (expired) the day before at the latest;
-    -- a date that our clock already sees past (a skewed clock) leaves it a
-    -- day from now, rather than cancelling a request Skribble still has
+    -- after it, so it expires (is withdrawn) before (_expiry_before_deletion)
     UPDATE signatur_anfragen a SET document_id = sr ->> 'document_id', skribble_status = overall,
            deletion_date = coalesce(deletion, a.deletion_date),
            expires_at = CASE WHEN deletion IS NULL THEN a.expires_at
-                             ELSE least(a.expires_at, greatest((deletion - 1)::timestamp AT TIME ZONE 'Europe/Berlin',
-                                                               clock() + interval '1 day')) END
+                             ELSE least(a.expires_at, _expiry_before_deletion(deletion)) END
      WHERE a.id = r.id AND (a.document_id, a.skribble_status, a.deletion_date)
            IS DISTINCT FROM (sr ->> 'document_id', overall, coalesce(deletion, a.deletion_date));
     IF FOUND AND overall NOT IN ('OPEN', 'SIGNED', 'DECLINED', 'WITHDRAWN', 'ERROR', 'EXPIRED') THEN
@@ -1007,6 +1016,19 @@ BEGIN
     SELECT * INTO target FROM _target_status(r, overall);
     RETURN _transition(r.id, target.status, target.reason);
 END
+$$;
+
+-- _expiry_before_deletion: the latest a request Skribble deletes on that
+-- day may stay open: the start of the day before (German time); in its
+-- last day an hour before the deletion day begins; a day from now if our
+-- clock sees that day begun already (a skewed clock), rather than
+-- cancelling a request Skribble still has
+CREATE FUNCTION _expiry_before_deletion(deletion date) RETURNS timestamptz LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN (deletion - 1)::timestamp AT TIME ZONE 'Europe/Berlin' > qes_sign.clock()
+                THEN (deletion - 1)::timestamp AT TIME ZONE 'Europe/Berlin'
+                WHEN deletion::timestamp AT TIME ZONE 'Europe/Berlin' > qes_sign.clock()
+                THEN greatest(qes_sign.clock(), deletion::timestamp AT TIME ZONE 'Europe/Berlin' - interval '1 hour')
+                ELSE qes_sign.clock() + interval '1 day' END
 $$;
 
 -- _date reads an ISO 8601 date from Skribble's JSON, naming the field if it is bad
@@ -1396,6 +1418,9 @@ BEGIN
         RETURN _again(w.id, '0', '{"deleted": true}');  -- not there (any more): add the new one
     ELSIF transport_error IS NULL AND _final_answer(call_kind, http_status, m.key) THEN
         RETURN _record_final(w, call_kind, http_status, m.message, m.key);
+    ELSIF call_kind = 'create' THEN
+        -- the outcome is unknown: Skribble may store it even now
+        UPDATE work_items SET payload = payload || jsonb_build_object('lost', clock()) WHERE id = w.id;
     END IF;
     RETURN _retry(w, coalesce(transport_error, format('HTTP %s: %s', http_status, m.message)),
                   call_kind, http_status, retry_after);

@@ -150,7 +150,7 @@ SELECT regress.sent(regress.uuid(732), 'in_signatur');
 SELECT qes_sign.apply_signature_request(regress.uuid(732), regress.sr(regress.uuid(732), 'OPEN', '{SIGNED,SIGNED}'));
 
 -- 5. Skribble deletes a request on its expiration_date: kept and shown;
--- the request expires no later than the day before; archiving a request
+-- the request expires the day before at the latest; archiving a request
 -- that Skribble deletes within a day goes first and raises an alarm once
 SET qes_sign.test_clock = '2026-03-19 10:00+01';
 SELECT regress.sent(regress.uuid(741), 'in_signatur');

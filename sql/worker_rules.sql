@@ -45,16 +45,19 @@ CREATE FUNCTION regress.due(id uuid) RETURNS void LANGUAGE sql AS $$
     UPDATE qes_sign.work_items w SET due_at = now() - interval '1 second',
            payload = CASE WHEN w.payload ? 'posted'
                           THEN w.payload || jsonb_build_object('posted', now() - interval '1 hour')
+                               || CASE WHEN w.payload ? 'lost'
+                                       THEN jsonb_build_object('lost', now() - interval '1 hour') ELSE '{}' END
                           ELSE w.payload END
      WHERE w.request_id = due.id AND w.state = 'pending'
 $$;
 
--- regress.work: a request's work items (when a create was posted shows as true)
+-- regress.work: a request's work items (when a create was posted or its answer lost shows as true)
 CREATE FUNCTION regress.work(id uuid)
 RETURNS TABLE (kind text, state text, attempts int, failures int, payload jsonb, last_error text, due_in_s int)
 LANGUAGE sql AS $$
     SELECT w.kind, w.state, w.attempts, w.failures,
-           CASE WHEN w.payload ? 'posted' THEN w.payload || '{"posted": true}' ELSE w.payload END, w.last_error,
+           w.payload || CASE WHEN w.payload ? 'posted' THEN '{"posted": true}'::jsonb ELSE '{}' END
+                     || CASE WHEN w.payload ? 'lost' THEN '{"lost": true}'::jsonb ELSE '{}' END, w.last_error,
            CASE WHEN w.state = 'pending' THEN ceil(extract(epoch FROM w.due_at - now()))::int END
       FROM qes_sign.work_items w WHERE w.request_id = work.id ORDER BY w.id
 $$;
@@ -212,7 +215,9 @@ SELECT regress.due(regress.uuid(309));
 SELECT * FROM regress.claim();                                          -- looked up first
 
 -- 11. A lost create is looked up at once; while Skribble may still be
---     storing it (qes_sign.http_timeout after it was posted) a search that
+--     storing it (qes_sign.http_timeout after it was posted, or after its
+--     answer was lost, whichever is later: a create that timed out may be
+--     stored after the client gave up) a search that
 --     finds nothing is repeated (1, 2, 4 ... s later), and only a search
 --     after that lets the create go out again
 SELECT regress.request(regress.uuid(310));
@@ -227,7 +232,8 @@ SELECT * FROM regress.claim();                                          -- looke
 SELECT regress.answer(regress.uuid(310), 'search', 200, '[]');
 SELECT kind, payload - 'posted' AS payload, due_in_s BETWEEN 1 AND 3 AS later FROM regress.work(regress.uuid(310));
 UPDATE qes_sign.work_items SET due_at = now() - interval '1 second',
-       payload = payload || jsonb_build_object('posted', now() - interval '61 seconds')
+       payload = payload || jsonb_build_object('posted', now() - interval '61 seconds',
+                                               'lost', now() - interval '61 seconds')
  WHERE request_id = regress.uuid(310);
 SELECT * FROM regress.claim();                                          -- a minute later: the last look
 SELECT regress.answer(regress.uuid(310), 'search', 200, '[]');
