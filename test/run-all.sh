@@ -2,10 +2,10 @@
 # test/run-all.sh: runs every qes_sign test suite from a clean checkout:
 # setup (packages, build, install), then pg_regress and the isolation specs
 # against temporary clusters, run as the unprivileged user postgres
-# (PostgreSQL refuses root), the Skribble double's self-test, and the TAP
-# tests of the background worker (test/t, prove), the reliability suites
-# at reduced scale and the libFuzzer harness (test/reliability), and the
-# benchmarks at a tiny size.  Ends with one line "N passed, N failed".
+# (PostgreSQL refuses root), the self-tests of the Skribble and Yousign
+# doubles, the TAP tests of the background worker (test/t, prove), the
+# reliability suites at reduced scale and the libFuzzer harness
+# (test/reliability), and the benchmarks at a tiny size.  Ends with one line "N passed, N failed".
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 bash "$repo/test/setup.sh" || exit 1
@@ -46,6 +46,11 @@ echo "== Skribble double self-test"
 (cd "$repo" && node --test test/skribble_double/selftest.js) 2>&1 | tee "$scratch/double.log" | grep -E '^# (tests|pass|fail)|^not ok'
 passed=$((passed + $(sed -n 's/^# pass //p' "$scratch/double.log" | tail -1)))
 failed=$((failed + $(sed -n 's/^# fail //p' "$scratch/double.log" | tail -1)))
+
+echo "== Yousign double self-test (API v3, the second provider; not used by the worker yet)"
+(cd "$repo" && node --test test/yousign_double/selftest.js) 2>&1 | tee "$scratch/ydouble.log" | grep -E '^# (tests|pass|fail)|^not ok'
+passed=$((passed + $(sed -n 's/^# pass //p' "$scratch/ydouble.log" | tail -1)))
+failed=$((failed + $(sed -n 's/^# fail //p' "$scratch/ydouble.log" | tail -1)))
 
 echo "== TAP: the background worker against the Skribble double (test/t)"
 tap=$scratch/tap
