@@ -182,50 +182,15 @@ has_header(QesCall *call, const char *name)
 }
 
 /*
- * add_header appends one formatted header line.
+ * qes_add_header appends one formatted header line.
  */
-static struct curl_slist *
-add_header(struct curl_slist *h, const char *fmt, const char *value)
+struct curl_slist *
+qes_add_header(struct curl_slist *h, const char *fmt, const char *value)
 {
 	char	   *line = psprintf(fmt, value);
 
 	h = curl_slist_append(h, line);
 	pfree(line);
-	return h;
-}
-
-/*
- * s3_headers signs an S3 call with SigV4 (libcurl) and adds the payload's
- * digests: x-amz-content-sha256 (libcurl 7.88 would sign an empty-body
- * hash), and for an upload Content-MD5, x-amz-checksum-sha256 and the
- * SHA-256 as metadata, so the stored object can be checked later.
- */
-static struct curl_slist *
-s3_headers(QesCall *call, struct curl_slist *h)
-{
-	unsigned char sha[QES_SHA256_LEN];
-	unsigned char md5[16];
-	char	   *hex = palloc(2 * QES_SHA256_LEN + 1);
-	char	   *sigv4 = psprintf("aws:amz:%s:s3", qes_s3_region);
-
-	curl_easy_setopt(call->easy, CURLOPT_AWS_SIGV4, sigv4);
-	/* the key as recorded: no removal of dot segments */
-	curl_easy_setopt(call->easy, CURLOPT_PATH_AS_IS, 1L);
-	curl_easy_setopt(call->easy, CURLOPT_USERNAME, qes_s3_access_key);
-	curl_easy_setopt(call->easy, CURLOPT_PASSWORD, qes_s3_secret_key);
-	pfree(sigv4);
-
-	qes_sha256(call->body ? call->body : "", call->body ? call->body_len : 0, sha);
-	hex_encode((char *) sha, QES_SHA256_LEN, hex);
-	hex[2 * QES_SHA256_LEN] = '\0';
-	h = add_header(h, "x-amz-content-sha256: %s", hex);
-	if (strcmp(call->method, "PUT") == 0)
-	{
-		qes_md5(call->body, call->body_len, md5);
-		h = add_header(h, "Content-MD5: %s", qes_base64(md5, 16, false));
-		h = add_header(h, "x-amz-checksum-sha256: %s", qes_base64(sha, QES_SHA256_LEN, false));
-		h = add_header(h, "x-amz-meta-sha256: %s", hex);
-	}
 	return h;
 }
 
@@ -245,20 +210,21 @@ set_request(QesCall *call, const char *bearer)
 	if (!has_header(call, "Accept"))
 		h = curl_slist_append(h, "Accept: application/json");
 	if (call->content_type && !has_header(call, "Content-Type"))
-		h = add_header(h, "Content-Type: %s", call->content_type);
-	else if (!call->s3 && call->body == NULL && strcmp(call->method, "GET") != 0 &&
+		h = qes_add_header(h, "Content-Type: %s", call->content_type);
+	else if (!call->headers_signed && call->body == NULL && strcmp(call->method, "GET") != 0 &&
 			 strcmp(call->method, "HEAD") != 0)
 		h = curl_slist_append(h, "Content-Type:");	/* no libcurl form type without a form */
 	/*
-	 * No 100-continue round trip to Skribble.  Not for S3: libcurl would sign
-	 * the empty header it never sends, and S3 answers 100-continue anyway.
+	 * No 100-continue round trip.  Not where every header is signed: libcurl
+	 * would sign the empty header it never sends (S3 answers 100-continue
+	 * anyway).
 	 */
-	if (!call->s3)
+	if (!call->headers_signed)
 		h = curl_slist_append(h, "Expect:");
-	if (call->s3)
-		h = s3_headers(call, h);	/* libcurl adds the SigV4 Authorization */
+	if (call->sign)
+		h = call->sign(call, h);	/* e.g. S3: SigV4 by libcurl, digests */
 	else if (bearer)
-		h = add_header(h, "Authorization: Bearer %s", bearer);
+		h = qes_add_header(h, "Authorization: Bearer %s", bearer);
 	call->headers = h;
 	curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
 
@@ -349,36 +315,6 @@ qes_http_perform(QesCall *call)
 		return;
 	finish_info(call, curl_easy_perform(call->easy));
 	CHECK_FOR_INTERRUPTS();
-}
-
-/*
- * qes_s3_url is the path-style URL of an object: endpoint, bucket, and the
- * key's segments percent-encoded ('/' kept).
- */
-char *
-qes_s3_url(const char *bucket, const char *key)
-{
-	StringInfoData url;
-	size_t		len = strlen(qes_s3_endpoint);
-	char	   *copy = pstrdup(key);
-	char	   *seg;
-	char	   *save = NULL;
-
-	while (len > 0 && qes_s3_endpoint[len - 1] == '/')
-		len--;
-	initStringInfo(&url);
-	appendBinaryStringInfo(&url, qes_s3_endpoint, len);
-	appendStringInfo(&url, "/%s", bucket);
-	for (seg = strtok_r(copy, "/", &save); seg; seg = strtok_r(NULL, "/", &save))
-	{
-		char	   *esc = curl_easy_escape(NULL, seg, 0);
-
-		if (esc == NULL)
-			ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
-		appendStringInfo(&url, "/%s", esc);
-		curl_free(esc);
-	}
-	return url.data;
 }
 
 /*

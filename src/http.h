@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * http.h
- *		The worker's HTTP layer (http.c) and Skribble client (skribble.c).
+ *		The worker's HTTP layer (http.c, no service in it), the archive
+ *		bucket's calls (s3.c) and the Skribble client (skribble.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -33,7 +34,9 @@ typedef struct QesCall
 	size_t		body_len;
 	const char *content_type;
 	List	   *headers_in;		/* extra "Name: value" lines from SQL */
-	bool		s3;				/* an S3 call: SigV4, digests of the body */
+	/* a service's own authentication (S3: SigV4), else the bearer token */
+	struct curl_slist *(*sign) (struct QesCall *call, struct curl_slist *h);
+	bool		headers_signed; /* every header is signed: none is blanked */
 	int			token_gen;		/* login generation of the token sent */
 	bool		auth_retried;
 
@@ -57,7 +60,6 @@ extern void qes_http_init(void);
 extern void qes_http_configure(void);
 extern bool qes_http_start(QesCall *call, const char *bearer);
 extern void qes_http_perform(QesCall *call);
-extern char *qes_s3_url(const char *bucket, const char *key);
 extern int	qes_http_wait(int timeout_ms, dlist_head *done);
 extern void qes_http_release(QesCall *call);
 extern void qes_http_shutdown(int code, Datum arg);
@@ -67,9 +69,15 @@ extern QesCall *qes_call_new(MemoryContext parent, const char *kind,
 extern void qes_call_free(QesCall *call);
 extern void qes_call_reset(QesCall *call);
 extern const char *qes_call_error(QesCall *call);
+extern struct curl_slist *qes_add_header(struct curl_slist *h, const char *fmt,
+										 const char *value);
 extern void qes_call_set_data(QesCall *call, bytea *data);
 extern void qes_call_add_headers(QesCall *call, ArrayType *lines);
 extern bytea *qes_call_body(QesCall *call);
+
+/* s3.c */
+extern QesCall *qes_s3_call(MemoryContext parent, const char *kind, const char *method,
+							const char *bucket, const char *key);
 
 /* skribble.c */
 extern bool qes_skribble_have_token(void);

@@ -282,17 +282,20 @@ static QesCall *
 call_from_row(WorkerState *st, HeapTuple tup, TupleDesc desc)
 {
 	bool		isnull;
-	QesCall    *call = qes_call_new(st->calls_cxt, SPI_getvalue(tup, desc, 2),
-									SPI_getvalue(tup, desc, 4), "");
+	char	   *kind = SPI_getvalue(tup, desc, 2);
+	char	   *method = SPI_getvalue(tup, desc, 4);
+	char	   *path = SPI_getvalue(tup, desc, 5);
+	bool		s3 = strcmp(SPI_getvalue(tup, desc, 3), "s3") == 0;
+	QesCall    *call = s3 ? qes_s3_call(st->calls_cxt, kind, method, qes_s3_bucket, path) :
+		qes_call_new(st->calls_cxt, kind, method, "");
 	MemoryContext old = MemoryContextSwitchTo(call->cxt);
 	Datum		body;
 	Datum		data;
 	Datum		headers;
 
 	call->item_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-	call->s3 = strcmp(SPI_getvalue(tup, desc, 3), "s3") == 0;
-	call->url = call->s3 ? qes_s3_url(qes_s3_bucket, SPI_getvalue(tup, desc, 5)) :
-		qes_api_url(SPI_getvalue(tup, desc, 5));
+	if (!s3)
+		call->url = qes_api_url(path);
 	body = SPI_getbinval(tup, desc, 6, &isnull);
 	if (!isnull)
 	{
@@ -463,7 +466,7 @@ sort_answers(WorkerState *st, dlist_head *done)
 			qes_call_free(call);
 			st->login = NULL;
 		}
-		else if (!call->auth_retried && qes_skribble_auth_failed(call))
+		else if (!call->auth_retried && call->sign == NULL && qes_skribble_auth_failed(call))
 		{
 			dlist_delete(it.cur);
 			qes_skribble_forget_token(call->token_gen);
