@@ -9,12 +9,12 @@
 
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
-const { spawn } = require('node:child_process');
 const http = require('node:http');
 const path = require('node:path');
 const os = require('node:os');
 const fs = require('node:fs');
 const crypto = require('node:crypto');
+const dt = require('../lib/double_test');
 
 const SERVER = path.join(__dirname, 'server.js');
 const USER = 'api_demo_qes_sign';
@@ -45,66 +45,24 @@ const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
 let srv;          /* {proc, port} of the double under test */
 let token;        /* a valid token for the default credentials */
 
-function startServer(args = [], env = {}) {
-  return new Promise((resolve, reject) => {
-    const proc = spawn(process.execPath, [SERVER, '--port', '0', ...args],
-      { stdio: ['ignore', 'pipe', 'pipe'], env: Object.assign({}, process.env, env) });
-    let out = '';
-    let err = '';
-    const timer = setTimeout(() => reject(new Error('server did not start: ' + err)), 5000);
-    proc.stderr.on('data', (c) => { err += c; });
-    proc.stdout.on('data', (c) => {
-      out += c;
-      const m = /^LISTENING (\d+)$/m.exec(out);
-      if (m) {
-        clearTimeout(timer);
-        resolve({ proc, port: Number(m[1]), stderr: () => err });
-      }
-    });
-    proc.on('exit', (code) => reject(new Error(`server exited early with ${code}: ${err}`)));
-  });
-}
-
-function stopServer(s) {
-  return new Promise((resolve) => {
-    if (s.proc.exitCode !== null) return resolve(s.proc.exitCode);
-    s.proc.removeAllListeners('exit');
-    s.proc.on('exit', (code, signal) => resolve(code === null ? signal : code));
-    s.proc.kill('SIGTERM');
-  });
-}
+const startServer = (args, env) => dt.startServer(SERVER, args, env);
+const { stopServer } = dt;
 
 /* call sends one HTTP request; resolves {status, headers, buf, text, json}. */
-function call(method, p, opts = {}) {
+async function call(method, p, opts = {}) {
   const s = opts.server || srv;
-  return new Promise((resolve, reject) => {
-    const headers = Object.assign({}, opts.headers || {});
-    let body = opts.raw;
-    if (opts.body !== undefined) {
-      body = typeof opts.body === 'string' ? opts.body : JSON.stringify(opts.body);
-      headers['Content-Type'] = headers['Content-Type'] || 'application/json';
-    }
-    if (opts.token !== undefined ? opts.token : p.startsWith('/v2/') && p !== '/v2/access/login') {
-      headers.Authorization = `Bearer ${opts.token !== undefined ? opts.token : token}`;
-    }
-    if (opts.token === null) delete headers.Authorization;
-    if (body !== undefined) headers['Content-Length'] = Buffer.byteLength(body);
-    const req = http.request({ host: '127.0.0.1', port: s.port, method, path: p, headers, agent }, (res) => {
-      const chunks = [];
-      res.on('data', (c) => chunks.push(c));
-      res.on('end', () => {
-        const buf = Buffer.concat(chunks);
-        const text = buf.toString('utf8');
-        resolve({
-          status: res.statusCode, headers: res.headers, buf, text,
-          get json() { return JSON.parse(text); },
-        });
-      });
-    });
-    if (opts.timeout) req.setTimeout(opts.timeout, () => req.destroy(new Error('client timeout')));
-    req.on('error', reject);
-    req.end(body);
-  });
+  const headers = Object.assign({}, opts.headers || {});
+  let body = opts.raw;
+  if (opts.body !== undefined) {
+    body = typeof opts.body === 'string' ? opts.body : JSON.stringify(opts.body);
+    headers['Content-Type'] = headers['Content-Type'] || 'application/json';
+  }
+  if (opts.token !== undefined ? opts.token : p.startsWith('/v2/') && p !== '/v2/access/login') {
+    headers.Authorization = `Bearer ${opts.token !== undefined ? opts.token : token}`;
+  }
+  if (opts.token === null) delete headers.Authorization;
+  if (body !== undefined) headers['Content-Length'] = Buffer.byteLength(body);
+  return dt.request({ port: s.port, method, path: p, headers, body, agent, timeout: opts.timeout });
 }
 
 const ctl = (method, p, body) => call(method, '/_control' + p, body === undefined ? {} : { body });
@@ -150,17 +108,8 @@ function assertProblem(r, status, kind, { key, message } = {}) {
   return p;
 }
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function waitFor(fn, ms = 5000, what = 'condition') {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(20);
-  }
-}
+const { sleep } = dt;
+const waitFor = (fn, ms, what) => dt.waitFor(fn, ms, what, 20);
 
 const decodeJwtPart = (p) => JSON.parse(Buffer.from(p, 'base64url').toString('utf8'));
 

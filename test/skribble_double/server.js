@@ -14,6 +14,7 @@ const http = require('node:http');
 const https = require('node:https');
 const crypto = require('node:crypto');
 const fs = require('node:fs');
+const doubles = require('../lib/doubles');
 
 /* ------------------------------------------------------------------ */
 /* Configuration                                                       */
@@ -46,70 +47,17 @@ const OPTIONS = {
   'verbose': { def: false, type: 'bool', help: 'log every request to stderr' },
 };
 
-const SWITCH_ON = ['on', 'true', 'yes', '1'];
-const SWITCH_OFF = ['off', 'false', 'no', '0'];
+const { parseIsoTime } = doubles;
+const fail = doubles.makeFail('skribble_double');
 
 /* parseOptions reads SKRIBBLE_DOUBLE_<NAME> environment variables, then --name value / --name=value flags. */
 function parseOptions(argv, env) {
-  const out = {};
-  for (const [name, spec] of Object.entries(OPTIONS)) {
-    const ev = env['SKRIBBLE_DOUBLE_' + name.toUpperCase().replace(/-/g, '_')];
-    out[name] = ev !== undefined ? convertOption(name, spec, ev) : spec.def;
-  }
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i];
-    if (arg === '--help' || arg === '-h') {
-      process.stdout.write('usage: node server.js [options]\n' + Object.entries(OPTIONS).map(([n, s]) =>
-        `  --${n}${s.type === 'bool' ? '' : s.type === 'switch' ? ' [on|off]' : ' <' + s.type + '>'}  ${s.help} ` +
-        `(default ${s.type === 'switch' ? (s.def ? 'on' : 'off') : JSON.stringify(s.def)})`).join('\n') + '\n');
-      process.exit(0);
-    }
-    const m = /^--([a-z-]+)(?:=(.*))?$/.exec(arg);
-    if (!m || !OPTIONS[m[1]]) fail(`unknown option ${arg}`);
-    const spec = OPTIONS[m[1]];
-    let val = m[2];
-    if (val === undefined) {
-      if (spec.type === 'bool') val = 'true';
-      /* a switch takes on/off as its next argument; given alone it means on */
-      else if (spec.type === 'switch') val = i + 1 < argv.length && SWITCH_ON.concat(SWITCH_OFF).includes(argv[i + 1].toLowerCase()) ? argv[++i] : 'on';
-      else if (i + 1 < argv.length) val = argv[++i];
-      else fail(`option --${m[1]} needs a value`);
-    }
-    out[m[1]] = convertOption(m[1], spec, val);
-  }
+  const out = doubles.parseOptions(argv, env, OPTIONS, { envPrefix: 'SKRIBBLE_DOUBLE_', fail, emptyIntOk: true });
   if (!['auto', 'always', 'never'].includes(out['demo-quality'])) fail('--demo-quality must be auto, always or never');
   if (out.clock !== '' && parseIsoTime(out.clock) === null) fail(`--clock needs an ISO 8601 time like 2026-03-19T08:15:00Z, got ${out.clock}`);
   if (out['page-base'] !== 0 && out['page-base'] !== 1) fail(`--page-base must be 0 or 1, got ${out['page-base']}`);
   if (out['deletion-days'] > 36500) fail(`--deletion-days must be at most 36500, got ${out['deletion-days']}`);
   return out;
-}
-
-function convertOption(name, spec, raw) {
-  if (spec.type === 'int') {
-    const n = Number(raw);
-    if (!Number.isInteger(n) || n < 0) fail(`option --${name} needs a non-negative integer, got ${raw}`);
-    return n;
-  }
-  if (spec.type === 'bool') return !['0', 'false', 'no', 'off', ''].includes(String(raw).toLowerCase());
-  if (spec.type === 'switch') {
-    const v = String(raw).toLowerCase();
-    if (SWITCH_ON.includes(v)) return true;
-    if (SWITCH_OFF.includes(v)) return false;
-    fail(`option --${name} needs on or off, got ${raw}`);
-  }
-  return String(raw);
-}
-
-/* parseIsoTime parses an ISO 8601 date-time with a zone (Z or +hh:mm) to epoch ms; null if it is not one. */
-function parseIsoTime(v) {
-  if (typeof v !== 'string' || !/^\d{4}-\d\d-\d\dT\d\d:\d\d(:\d\d(\.\d+)?)?(Z|[+-]\d\d:\d\d)$/.test(v)) return null;
-  const ms = Date.parse(v);
-  return Number.isNaN(ms) ? null : ms;
-}
-
-function fail(msg) {
-  process.stderr.write(`skribble_double: ${msg}\n`);
-  process.exit(2);
 }
 
 const cfg = parseOptions(process.argv.slice(2), process.env);
@@ -170,19 +118,7 @@ let startClockOffsetMs = cfg.clock === '' ? 0 : parseIsoTime(cfg.clock) - Date.n
 let clockOffsetMs = startClockOffsetMs;
 const clockNow = () => Date.now() + clockOffsetMs;
 const isoNow = (ms = clockNow()) => new Date(ms).toISOString();
-const sha256hex = (buf) => crypto.createHash('sha256').update(buf).digest('hex');
-
-/* mulberry32 is a tiny seedable PRNG, so fault injection is reproducible. */
-function mulberry32(seed) {
-  let a = seed >>> 0;
-  return function next() {
-    a = (a + 0x6D2B79F5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const { sha256hex, mulberry32 } = doubles;   /* mulberry32: the seedable PRNG of fault injection */
 
 /* ------------------------------------------------------------------ */
 /* State                                                               */
@@ -198,7 +134,7 @@ let rt;
 let stats;
 const heldTimers = new Set();     /* timeout faults in progress */
 let shuttingDown = false;
-let openConnections = 0;         /* open TCP connections, API and control alike */
+const conns = { open: 0 };       /* open TCP connections, API and control alike */
 const business = 'biz-' + sha256hex(cfg['api-username']).slice(0, 32);
 
 function freshState() {
@@ -249,8 +185,8 @@ function freshStats() {
     login_failures: 0,
     in_flight: 0,
     max_in_flight: 0,
-    connections: openConnections,
-    max_connections: openConnections,
+    connections: conns.open,
+    max_connections: conns.open,
   };
 }
 
@@ -313,14 +249,7 @@ function authenticate(req) {
 /* HTTP plumbing                                                       */
 /* ------------------------------------------------------------------ */
 
-function send(ctx, status, headers, body) {
-  const res = ctx.res;
-  if (res.headersSent || res.destroyed || ctx.dropped) return;
-  res.sendDate = false;
-  res.setHeader('Date', new Date(clockNow()).toUTCString());   /* the double's clock, like every other time */
-  res.writeHead(status, headers);
-  res.end(body);
-}
+const send = doubles.makeSend(clockNow);   /* the Date header from the double's clock, like every other time */
 
 function sendJson(ctx, status, str) {
   send(ctx, status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(str) }, str);
@@ -341,29 +270,7 @@ function sendProblem(ctx, status, kind, message, extra = {}) {
 }
 
 /* readBody collects the request body up to max-body-bytes; beyond that it drains and reports overflow. */
-function readBody(req, cb) {
-  const limit = cfg['max-body-bytes'];
-  let chunks = [];
-  let size = 0;
-  let over = Number(req.headers['content-length'] || 0) > limit;
-  let drained = 0;
-  req.on('data', (c) => {
-    if (over) {
-      drained += c.length;
-      if (drained > 4 * limit) req.destroy();
-      return;
-    }
-    size += c.length;
-    if (size > limit) {
-      over = true;
-      chunks = null;
-      return;
-    }
-    chunks.push(c);
-  });
-  req.on('end', () => cb(over ? null : (chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, size)), over));
-  req.on('error', () => {});
-}
+const readBody = (req, cb) => doubles.readBody(req, cfg['max-body-bytes'], cb);
 
 /* jsonBody parses the request body as JSON; an empty body gives `dflt` or a 400. */
 function jsonBody(ctx, dflt) {
@@ -378,13 +285,13 @@ function jsonBody(ctx, dflt) {
   }
 }
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const { sleep } = doubles;
 
 /* ------------------------------------------------------------------ */
 /* Routing                                                             */
 /* ------------------------------------------------------------------ */
 
-const ROUTES = [
+const ROUTES = doubles.compileRoutes([
   ['POST', '/v2/access/login', hLogin, { noAuth: true, login: true }],
   ['GET', '/v2/management/health', hHealth, { noAuth: true }],
   ['GET', '/v2/signature-requests', hListSR],
@@ -403,54 +310,16 @@ const ROUTES = [
   ['GET', '/v2/documents/{DOC_ID}', hGetDoc],
   ['DELETE', '/v2/documents/{DOC_ID}', hDeleteDoc],
   ['GET', '/v2/documents/{DOC_ID}/content', hDocContent],
-].map(([method, template, handler, opts]) => ({
-  method, template, handler, opts: opts || {}, key: `${method} ${template}`,
-  segs: template.split('/').slice(1).map((s) => (s[0] === '{' ? { param: s.slice(1, -1) } : s)),
-}));
+]);
 
 /* matchRoute finds the route for a path; {route, params} or {pathKnown} when only the method is wrong. */
-function matchRoute(method, segs) {
-  let pathKnown = false;
-  for (const r of ROUTES) {
-    if (r.segs.length !== segs.length) continue;
-    let params = {};
-    for (let i = 0; i < segs.length; i++) {
-      const s = r.segs[i];
-      if (typeof s === 'string') {
-        if (s !== segs[i]) { params = null; break; }
-      } else {
-        params[s.param] = segs[i];
-      }
-    }
-    if (!params) continue;
-    if (r.method === method) return { route: r, params };
-    pathKnown = true;
-  }
-  return { pathKnown };
-}
-
-function splitPath(pathname) {
-  const segs = pathname.split('/').slice(1);
-  if (segs.length > 1 && segs[segs.length - 1] === '') segs.pop();
-  try {
-    return segs.map(decodeURIComponent);
-  } catch {
-    return segs;
-  }
-}
+const matchRoute = (method, segs) => doubles.matchRoute(ROUTES, method, segs);
+const { splitPath } = doubles;
 
 function onRequest(req, res) {
-  const url = req.url;
-  const qi = url.indexOf('?');
-  const path = qi < 0 ? url : url.slice(0, qi);
-  const ctx = {
-    req, res, method: req.method, path, query: new URLSearchParams(qi < 0 ? '' : url.slice(qi + 1)),
-    params: {}, body: null, route: null, key: null, dropped: false,
-  };
-  if (cfg.verbose) {
-    const t0 = Date.now();
-    res.on('close', () => process.stderr.write(`${req.method} ${url} ${res.statusCode} ${Date.now() - t0}ms\n`));
-  }
+  const ctx = doubles.newCtx(req, res);
+  const path = ctx.path;
+  if (cfg.verbose) doubles.logRequest(req, res);
   sweepExpired();
   if (path === '/_control' || path.startsWith('/_control/')) {
     readBody(req, (body, over) => {
@@ -558,17 +427,11 @@ function checkContentType(ctx) {
 
 /* runHandler runs a (sync or async) handler and turns thrown ApiErrors into problem answers. */
 function runHandler(ctx, fn) {
-  const onErr = (e) => {
+  doubles.runGuarded(fn, (e) => {
     if (e instanceof ApiError) return sendProblem(ctx, e.status, e.kind, e.message, e.extra);
     process.stderr.write(`skribble_double: internal error on ${ctx.method} ${ctx.path}: ${e && e.stack}\n`);
     sendProblem(ctx, 500, 'problem-with-message', 'Internal Server Error');
-  };
-  try {
-    const r = fn();
-    if (r && typeof r.then === 'function') r.catch(onErr);
-  } catch (e) {
-    onErr(e);
-  }
+  });
 }
 
 /* ------------------------------------------------------------------ */
@@ -578,7 +441,7 @@ function runHandler(ctx, fn) {
 function faultEligible(ctx) {
   const f = rt.faults;
   if (!f) return false;
-  if (f.pathsRe) return f.pathsRe.test(ctx.path) || f.pathsRe.test(`${ctx.method} ${ctx.path}`) || f.pathsRe.test(ctx.key);
+  if (f.pathsRe) return doubles.pathsMatch(f.pathsRe, ctx);
   return !(ctx.route && ctx.route.opts.login);
 }
 
@@ -619,12 +482,7 @@ function injectFault(ctx, kind) {
     });
   }
   /* timeout: hold the answer without doing the work */
-  const t = setTimeout(() => {
-    heldTimers.delete(t);
-    sendProblem(ctx, 504, 'problem-with-message', 'Gateway Timeout');
-  }, f.timeout_ms);
-  heldTimers.add(t);
-  ctx.res.on('close', () => { clearTimeout(t); heldTimers.delete(t); });
+  doubles.holdAnswer(ctx, f.timeout_ms, heldTimers, () => sendProblem(ctx, 504, 'problem-with-message', 'Gateway Timeout'));
 }
 
 /* shouldDropAfterCreate decides, after a create was stored, whether to cut the connection instead of answering. */
@@ -645,16 +503,7 @@ function setFaults(b) {
     rt.faults = null;
     return null;
   }
-  const rate = (k) => {
-    const v = b[k] === undefined ? 0 : b[k];
-    if (typeof v !== 'number' || !(v >= 0 && v <= 1)) throw badRequest(`${k} must be a number between 0 and 1`);
-    return v;
-  };
-  const int = (k, dflt, min, max) => {
-    const v = b[k] === undefined ? dflt : b[k];
-    if (!Number.isInteger(v) || v < min || v > max) throw badRequest(`${k} must be an integer between ${min} and ${max}`);
-    return v;
-  };
+  const { rate, int } = doubles.faultReaders(b, badRequest);
   const f = {
     error_rate: rate('error_rate'),
     error_status: int('error_status', 500, 400, 599),
@@ -668,112 +517,30 @@ function setFaults(b) {
     seed: int('seed', cfg.seed, -2147483648, 4294967295),
   };
   if (f.error_rate + f.rate_limit_rate + f.timeout_rate > 1) throw badRequest('error_rate + rate_limit_rate + timeout_rate must not exceed 1');
-  try {
-    f.pathsRe = f.paths === null ? null : new RegExp(f.paths);
-  } catch (e) {
-    throw badRequest('paths is not a valid regular expression: ' + e.message);
-  }
-  rt.faults = f;
-  rt.rng = mulberry32(f.seed);
-  return f;
+  return doubles.installFaults(rt, f, badRequest);
 }
 
-function faultsView() {
-  if (!rt.faults) return {};
-  const { pathsRe, ...rest } = rt.faults;
-  return rest;
-}
+const faultsView = () => doubles.faultsView(rt);
 
 /* ------------------------------------------------------------------ */
 /* Scripted answers: exactly this status, these headers, this body     */
 /* ------------------------------------------------------------------ */
 
-/* setScript serves POST /_control/script: the next `times` matching /v2 calls get the given answer; {} clears every script. */
-function setScript(b) {
-  if (Object.keys(b).length === 0) {
-    rt.scripts = [];
-    return scriptsView();
-  }
-  const str = (k, dflt) => {
-    const v = b[k] === undefined ? dflt : b[k];
-    if (typeof v !== 'string') throw badRequest(`${k} must be a string`);
-    return v;
-  };
-  const times = b.times === undefined ? 1 : b.times;
-  if (!Number.isInteger(times) || times < 1 || times > 1e9) throw badRequest('times must be an integer between 1 and 1000000000');
-  const status = b.status === undefined ? 200 : b.status;
-  if (!Number.isInteger(status) || status < 200 || status > 599) throw badRequest('status must be an integer between 200 and 599');
-  const headers = b.headers === undefined ? {} : b.headers;
-  if (!headers || typeof headers !== 'object' || Array.isArray(headers)) throw badRequest('headers must be a JSON object');
-  for (const [name, value] of Object.entries(headers)) {
-    try {
-      http.validateHeaderName(name);
-      http.validateHeaderValue(name, String(value));
-    } catch (e) {
-      throw badRequest(`header ${JSON.stringify(name)} is not valid: ${e.message}`);
-    }
-  }
-  const sc = { method: b.method == null ? null : str('method').toUpperCase(), path: str('path', ''), status, headers,
-    body: str('body', ''), times };
-  try {
-    sc.pathRe = new RegExp(sc.path);
-  } catch (e) {
-    throw badRequest('path is not a valid regular expression: ' + e.message);
-  }
-  rt.scripts.push(sc);
-  return scriptsView();
-}
-
-function scriptsView() {
-  return rt.scripts.map(({ pathRe, body, ...rest }) => Object.assign(rest, { body_bytes: Buffer.byteLength(body) }));
-}
-
-/* takeScript returns the first script matching this call (method, and path with query) and uses up one of its times. */
-function takeScript(ctx) {
-  const target = ctx.req.url;
-  const i = rt.scripts.findIndex((sc) => (sc.method === null || sc.method === ctx.method) && sc.pathRe.test(target));
-  if (i < 0) return null;
-  const sc = rt.scripts[i];
-  if (--sc.times === 0) rt.scripts.splice(i, 1);
-  stats.scripted++;
-  return sc;
-}
-
-/* sendScripted answers exactly what the script says; Content-Length is added unless the script sets it. */
-function sendScripted(ctx, sc) {
-  const body = Buffer.from(sc.body, 'utf8');
-  const headers = Object.assign({}, sc.headers);
-  if (!Object.keys(headers).some((h) => h.toLowerCase() === 'content-length')) headers['Content-Length'] = body.length;
-  send(ctx, sc.status, headers, body);
-}
+/*
+ * setScript serves POST /_control/script: the next `times` matching /v2 calls
+ * get the given answer; {} clears every script.  takeScript returns the
+ * first script matching a call (method, and path with query) and uses up
+ * one of its times; sendScripted answers exactly what the script says.
+ */
+const { setScript, scriptsView, takeScript, sendScripted } = doubles.bindScripts(() => rt, () => stats, send, badRequest);
 
 /* ------------------------------------------------------------------ */
 /* Documents                                                           */
 /* ------------------------------------------------------------------ */
 
-const isNameChar = (c) => (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a);
-
-/* pdfInfo counts /Type /Page objects and reads the first /MediaBox (defaults: 1 page, A4). */
 function pdfInfo(buf) {
-  let count = 0;
-  let idx = 0;
-  while ((idx = buf.indexOf('/Type', idx, 'latin1')) !== -1) {
-    let j = idx + 5;
-    while (j < buf.length && (buf[j] === 0x20 || buf[j] === 0x0a || buf[j] === 0x0d || buf[j] === 0x09)) j++;
-    if (buf.toString('latin1', j, j + 5) === '/Page' && !isNameChar(buf[j + 5])) count++;
-    idx = j;
-  }
-  let width = 595;
-  let height = 842;
-  const mb = buf.indexOf('/MediaBox', 0, 'latin1');
-  if (mb !== -1) {
-    const m = /^\s*\[\s*(-?[\d.]+)\s+(-?[\d.]+)\s+(-?[\d.]+)\s+(-?[\d.]+)\s*\]/.exec(buf.toString('latin1', mb + 9, mb + 120));
-    if (m) {
-      width = Math.round(Number(m[3]) - Number(m[1]));
-      height = Math.round(Number(m[4]) - Number(m[2]));
-    }
-  }
-  return { page_count: Math.max(1, count), page_width: width, page_height: height };
+  const { offsets, width, height } = doubles.pdfScan(buf);
+  return { page_count: Math.max(1, offsets.length), page_width: width, page_height: height };
 }
 
 /* checkPdf answers 406 like Skribble for anything that is not a readable, unencrypted PDF. */
@@ -1474,11 +1241,7 @@ function hHealth(ctx) {
 /* Login                                                               */
 /* ------------------------------------------------------------------ */
 
-function safeEqual(a, b) {
-  const x = crypto.createHash('sha256').update(String(a)).digest();
-  const y = crypto.createHash('sha256').update(String(b)).digest();
-  return crypto.timingSafeEqual(x, y);
-}
+const { safeEqual } = doubles;
 
 function hLogin(ctx) {
   /* --strict-accept (default on): the login produces text/plain only; see acceptsTextPlain */
@@ -1720,35 +1483,8 @@ function resumeCallbacks() {
 /* Reports                                                             */
 /* ------------------------------------------------------------------ */
 
-function pdfText(s) {
-  return String(s).slice(0, 110).replace(/[^\x20-\x7e\xa0-\xff]/g, '?').replace(/[\\()]/g, (c) => '\\' + c);
-}
-
 /* buildPdf writes a small valid PDF (Helvetica, 54 lines per A4 page) with a correct xref table. */
-function buildPdf(lines) {
-  const pages = [];
-  for (let i = 0; i < Math.max(lines.length, 1); i += 54) pages.push(lines.slice(i, i + 54));
-  const objs = [
-    '<< /Type /Catalog /Pages 2 0 R >>',
-    `<< /Type /Pages /Kids [${pages.map((_, i) => `${4 + 2 * i} 0 R`).join(' ')}] /Count ${pages.length} >>`,
-    '<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>',
-  ];
-  pages.forEach((pl, i) => {
-    const stream = 'BT\n/F1 10 Tf\n14 TL\n50 800 Td\n' + pl.map((l) => `(${pdfText(l)}) Tj T*`).join('\n') + '\nET\n';
-    objs.push(`<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Resources << /Font << /F1 3 0 R >> >> /Contents ${5 + 2 * i} 0 R >>`);
-    objs.push(`<< /Length ${stream.length} >>\nstream\n${stream}endstream`);
-  });
-  let out = '%PDF-1.4\n%\xe2\xe3\xcf\xd3\n';
-  const offsets = objs.map((o, i) => {
-    const at = out.length;
-    out += `${i + 1} 0 obj\n${o}\nendobj\n`;
-    return at;
-  });
-  const xref = out.length;
-  out += `xref\n0 ${objs.length + 1}\n0000000000 65535 f \n` + offsets.map((o) => `${String(o).padStart(10, '0')} 00000 n \n`).join('');
-  out += `trailer\n<< /Size ${objs.length + 1} /Root 1 0 R >>\nstartxref\n${xref}\n%%EOF\n`;
-  return Buffer.from(out, 'latin1');
-}
+const buildPdf = (lines) => doubles.buildPdf(lines, { version: '1.4', winAnsi: true });
 
 const reportTime = (iso) => iso.replace('T', ' ').replace(/\.\d+Z$/, ' GMT');
 
@@ -1882,23 +1618,12 @@ function reset() {
 }
 
 function clockView() {
-  const now = clockNow();
-  return { now: isoNow(now), offset_ms: now - Date.now() };
+  return doubles.clockView(clockNow());
 }
 
 /* setClock serves POST /_control/clock: {"advance_ms": N} moves the clock by N ms, {"set": ISO} sets it. */
 function setClock(b) {
-  const has = (k) => b[k] !== undefined;
-  if (has('advance_ms') === has('set')) throw badRequest('give exactly one of advance_ms and set');
-  if (has('advance_ms')) {
-    const v = b.advance_ms;
-    if (typeof v !== 'number' || !Number.isInteger(v) || Math.abs(v) > 864e5 * 366 * 100) throw badRequest('advance_ms must be an integer number of milliseconds');
-    clockOffsetMs += v;
-  } else {
-    const ms = parseIsoTime(b.set);
-    if (ms === null) throw badRequest('set must be an ISO 8601 date-time with a zone, like 2026-03-19T08:15:00Z');
-    clockOffsetMs = ms - Date.now();
-  }
+  clockOffsetMs = doubles.clockOffset(b, clockOffsetMs, badRequest);
   return clockView();
 }
 
@@ -1929,12 +1654,9 @@ function setOptions(b) {
     if (kind === 'int') {
       if (!Number.isInteger(v) || v < min || v > max) throw badRequest(`${name} must be an integer from ${min} to ${max}`);
       next[field] = v;
-    } else if (typeof v === 'boolean') {
-      next[field] = v;
-    } else if (typeof v === 'string' && SWITCH_ON.concat(SWITCH_OFF).includes(v.toLowerCase())) {
-      next[field] = SWITCH_ON.includes(v.toLowerCase());
     } else {
-      throw badRequest(`${name} must be true or false (or "on" or "off")`);
+      next[field] = doubles.switchValue(v);
+      if (next[field] === undefined) throw badRequest(`${name} must be true or false (or "on" or "off")`);
     }
   }
   Object.assign(rt, next);
@@ -2087,20 +1809,7 @@ try {
   fail(`cannot load state file ${cfg['state-file']}: ${e.message}`);
 }
 
-const server = http.createServer({ keepAlive: true }, onRequest);
-server.keepAliveTimeout = 65000;
-server.headersTimeout = 70000;
-server.requestTimeout = 0;
-server.on('connection', (socket) => {
-  openConnections++;
-  stats.connections = openConnections;
-  if (openConnections > stats.max_connections) stats.max_connections = openConnections;
-  socket.on('close', () => { openConnections--; stats.connections = openConnections; });
-});
-server.on('clientError', (err, socket) => {
-  if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
-  else socket.destroy();
-});
+const server = doubles.createServer(onRequest, conns, () => stats);
 
 server.listen(cfg.port, '127.0.0.1', () => {
   process.stdout.write(`LISTENING ${server.address().port}\n`);
@@ -2121,10 +1830,6 @@ function shutdown() {
   for (const t of heldTimers) clearTimeout(t);
   cbAgents['http:'].destroy();
   cbAgents['https:'].destroy();
-  server.close(() => process.exit(0));
-  server.closeAllConnections();
-  setTimeout(() => process.exit(0), 2000).unref();
+  doubles.closeAndExit(server);
 }
-process.on('uncaughtException', (e) => process.stderr.write(`skribble_double: uncaught: ${e && e.stack}\n`));
-process.on('SIGTERM', shutdown);
-process.on('SIGINT', shutdown);
+doubles.onSignals('skribble_double', shutdown);

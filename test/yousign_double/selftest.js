@@ -15,6 +15,7 @@ const { spawn } = require('node:child_process');
 const http = require('node:http');
 const path = require('node:path');
 const crypto = require('node:crypto');
+const dt = require('../lib/double_test');
 
 const SERVER = path.join(__dirname, 'server.js');
 const KEY = 'test-key';
@@ -31,25 +32,7 @@ const TIME_RE = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00$/;
 const agent = new http.Agent({ keepAlive: true, maxSockets: 32 });
 let srv;
 
-function startServer(args = [], env = {}) {
-  return new Promise((resolve, reject) => {
-    const proc = spawn(process.execPath, [SERVER, '--port', '0', ...args],
-      { stdio: ['ignore', 'pipe', 'pipe'], env: Object.assign({}, process.env, env) });
-    let out = '';
-    let err = '';
-    const timer = setTimeout(() => reject(new Error('server did not start: ' + err)), 5000);
-    proc.stderr.on('data', (c) => { err += c; });
-    proc.stdout.on('data', (c) => {
-      out += c;
-      const m = /^LISTENING (\d+)$/m.exec(out);
-      if (m) {
-        clearTimeout(timer);
-        resolve({ proc, port: Number(m[1]), stderr: () => err });
-      }
-    });
-    proc.on('exit', (code) => { clearTimeout(timer); reject(new Error(`server exited early with ${code}: ${err}`)); });
-  });
-}
+const startServer = (args, env) => dt.startServer(SERVER, args, env);
 
 /* runServer runs the server to its end (for bad options and --help): {code, out, err}. */
 function runServer(args, env = {}) {
@@ -63,45 +46,24 @@ function runServer(args, env = {}) {
   });
 }
 
-function stopServer(s) {
-  return new Promise((resolve) => {
-    if (s.proc.exitCode !== null) return resolve(s.proc.exitCode);
-    s.proc.removeAllListeners('exit');
-    s.proc.on('exit', (code, signal) => resolve(code === null ? signal : code));
-    s.proc.kill('SIGTERM');
-  });
-}
+const { stopServer } = dt;
 
 /* call sends one request; resolves {status, headers, buf, text, json}. opts: body (JSON), raw + contentType, headers, key (null: none), server. */
-function call(method, p, opts = {}) {
+async function call(method, p, opts = {}) {
   const s = opts.server || srv;
-  return new Promise((resolve, reject) => {
-    const headers = Object.assign({}, opts.headers || {});
-    let body;
-    if (opts.body !== undefined) {
-      body = Buffer.from(typeof opts.body === 'string' ? opts.body : JSON.stringify(opts.body));
-      headers['Content-Type'] = headers['Content-Type'] || 'application/json';
-    } else if (opts.raw !== undefined) {
-      body = opts.raw;
-      if (opts.contentType) headers['Content-Type'] = opts.contentType;
-    }
-    const key = opts.key === undefined ? (p.startsWith('/v3') ? KEY : null) : opts.key;
-    if (key !== null) headers.Authorization = `Bearer ${key}`;
-    if (body !== undefined) headers['Content-Length'] = body.length;
-    const req = http.request({ host: '127.0.0.1', port: s.port, method, path: p, headers, agent: opts.agent === false ? false : agent }, (res) => {
-      const chunks = [];
-      res.on('data', (c) => chunks.push(c));
-      res.on('end', () => {
-        const buf = Buffer.concat(chunks);
-        const text = buf.toString('utf8');
-        resolve({ status: res.statusCode, headers: res.headers, buf, text, get json() { return JSON.parse(text); } });
-      });
-      res.on('error', reject);
-    });
-    if (opts.timeout) req.setTimeout(opts.timeout, () => req.destroy(new Error('client timeout')));
-    req.on('error', reject);
-    req.end(body);
-  });
+  const headers = Object.assign({}, opts.headers || {});
+  let body;
+  if (opts.body !== undefined) {
+    body = Buffer.from(typeof opts.body === 'string' ? opts.body : JSON.stringify(opts.body));
+    headers['Content-Type'] = headers['Content-Type'] || 'application/json';
+  } else if (opts.raw !== undefined) {
+    body = opts.raw;
+    if (opts.contentType) headers['Content-Type'] = opts.contentType;
+  }
+  const key = opts.key === undefined ? (p.startsWith('/v3') ? KEY : null) : opts.key;
+  if (key !== null) headers.Authorization = `Bearer ${key}`;
+  if (body !== undefined) headers['Content-Length'] = body.length;
+  return dt.request({ port: s.port, method, path: p, headers, body, agent: opts.agent === false ? false : agent, timeout: opts.timeout });
 }
 
 const ctl = (method, p, body, s) => call(method, '/_control' + p, Object.assign(body === undefined ? {} : { body }, s ? { server: s } : {}));
@@ -111,17 +73,8 @@ const setOptions = async (o, s) => {
   return r.json;
 };
 const advance = async (ms, s) => assert.equal((await ctl('POST', '/clock', { advance_ms: ms }, s)).status, 200);
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function waitFor(fn, ms = 5000, what = 'condition') {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(15);
-  }
-}
+const { sleep } = dt;
+const waitFor = (fn, ms, what) => dt.waitFor(fn, ms, what, 15);
 
 /* makePdf builds a small PDF with `pages` page objects; texts[i] is put in a content stream after page i. */
 function makePdf({ version = '1.7', pages = 2, texts = [], encrypt = false } = {}) {

@@ -21,13 +21,11 @@ const http = require('node:http');
 const https = require('node:https');
 const crypto = require('node:crypto');
 const zlib = require('node:zlib');
+const doubles = require('../lib/doubles');
 
 /* ------------------------------------------------------------------ */
 /* Configuration                                                       */
 /* ------------------------------------------------------------------ */
-
-const SWITCH_ON = ['on', 'true', 'yes', '1'];
-const SWITCH_OFF = ['off', 'false', 'no', '0'];
 
 /*
  * OPTIONS: every option, as --name value, --name=value or the environment
@@ -84,31 +82,7 @@ const OPTIONS = {
 
 /* parseOptions reads YOUSIGN_DOUBLE_<NAME> environment variables, then --name value / --name=value flags. */
 function parseOptions(argv, env) {
-  const out = {};
-  for (const [name, spec] of Object.entries(OPTIONS)) {
-    const ev = env['YOUSIGN_DOUBLE_' + name.toUpperCase().replace(/-/g, '_')];
-    out[name] = ev !== undefined ? convertOption(name, spec, ev) : spec.def;
-  }
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i];
-    if (arg === '--help' || arg === '-h') {
-      process.stdout.write('usage: node server.js [options]\n' + Object.entries(OPTIONS).map(([n, s]) =>
-        `  --${n}${s.type === 'bool' ? '' : s.type === 'switch' ? ' [on|off]' : s.type === 'enum' ? ` <${s.values.join('|')}>` : ' <' + s.type + '>'}  ${s.help} ` +
-        `(default ${s.def === null ? 'as said' : s.type === 'switch' ? (s.def ? 'on' : 'off') : JSON.stringify(s.def)})`).join('\n') + '\n');
-      process.exit(0);
-    }
-    const m = /^--([a-z0-9-]+)(?:=(.*))?$/.exec(arg);
-    if (!m || !OPTIONS[m[1]]) fail(`unknown option ${arg}`);
-    const spec = OPTIONS[m[1]];
-    let val = m[2];
-    if (val === undefined) {
-      if (spec.type === 'bool') val = 'true';
-      else if (spec.type === 'switch') val = i + 1 < argv.length && SWITCH_ON.concat(SWITCH_OFF).includes(argv[i + 1].toLowerCase()) ? argv[++i] : 'on';
-      else if (i + 1 < argv.length) val = argv[++i];
-      else fail(`option --${m[1]} needs a value`);
-    }
-    out[m[1]] = convertOption(m[1], spec, val);
-  }
+  const out = doubles.parseOptions(argv, env, OPTIONS, { envPrefix: 'YOUSIGN_DOUBLE_', fail });
   /* [D/limits-new] production 60/min + 1200/h, sandbox 30/min + 200/h */
   if (out['rate-per-minute'] === null) out['rate-per-minute'] = out.sandbox ? 30 : 60;
   if (out['rate-per-hour'] === null) out['rate-per-hour'] = out.sandbox ? 200 : 1200;
@@ -116,23 +90,6 @@ function parseOptions(argv, env) {
   const bad = checkRuntimeValue('link_ttl_hours', out['link-ttl-hours']) || checkRuntimeValue('webhook_retry_schedule_ms', out['webhook-retry-schedule-ms']);
   if (bad) fail(bad);
   return out;
-}
-
-function convertOption(name, spec, raw) {
-  if (spec.type === 'int') {
-    const n = Number(raw);
-    if (String(raw).trim() === '' || !Number.isInteger(n) || n < 0) fail(`option --${name} needs a non-negative integer, got ${raw}`);
-    return n;
-  }
-  if (spec.type === 'bool') return !['0', 'false', 'no', 'off', ''].includes(String(raw).toLowerCase());
-  if (spec.type === 'switch') {
-    const v = String(raw).toLowerCase();
-    if (SWITCH_ON.includes(v)) return true;
-    if (SWITCH_OFF.includes(v)) return false;
-    fail(`option --${name} needs on or off, got ${raw}`);
-  }
-  if (spec.type === 'enum' && !spec.values.includes(String(raw))) fail(`option --${name} must be one of ${spec.values.join(', ')}, got ${raw}`);
-  return String(raw);
 }
 
 /* checkRuntimeValue returns an error text for a bad value of the few options with extra rules, else null. */
@@ -149,17 +106,8 @@ function parseSchedule(s) {
   return parts.map(Number);
 }
 
-/* parseIsoTime parses an ISO 8601 date-time with a zone (Z or +hh:mm) to epoch ms; null if it is not one. */
-function parseIsoTime(v) {
-  if (typeof v !== 'string' || !/^\d{4}-\d\d-\d\dT\d\d:\d\d(:\d\d(\.\d+)?)?(Z|[+-]\d\d:\d\d)$/.test(v)) return null;
-  const ms = Date.parse(v);
-  return Number.isNaN(ms) ? null : ms;
-}
-
-function fail(msg) {
-  process.stderr.write(`yousign_double: ${msg}\n`);
-  process.exit(2);
-}
+const { parseIsoTime } = doubles;
+const fail = doubles.makeFail('yousign_double');
 
 const cfg = parseOptions(process.argv.slice(2), process.env);
 const jsonName = (n) => n.replace(/-/g, '_');
@@ -275,21 +223,10 @@ function fmtTime(ms) {
 }
 
 const uuid = () => crypto.randomUUID();
-const sha256hex = (buf) => crypto.createHash('sha256').update(buf).digest('hex');
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const { sha256hex, sleep } = doubles;
 const isObj = (v) => v !== null && typeof v === 'object' && !Array.isArray(v);
 
-/* mulberry32 is a tiny seedable PRNG, so fault injection is reproducible. */
-function mulberry32(seed) {
-  let a = seed >>> 0;
-  return function next() {
-    a = (a + 0x6D2B79F5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const { mulberry32 } = doubles;   /* the seedable PRNG of fault injection */
 
 /* Time zones: [OAS] timezone is a tz name (default Europe/Paris). */
 const dtfCache = new Map();
@@ -364,7 +301,7 @@ let stats;
 let wh;
 const heldTimers = new Set();
 let shuttingDown = false;
-let openConnections = 0;
+const conns = { open: 0 };   /* open TCP connections */
 const defaultWorkspace = cfg['workspace-id'] || uuid();
 
 function freshState() {
@@ -405,8 +342,8 @@ function freshStats() {
     webhooks: { events: 0, attempts: 0, failed_attempts: 0, delivered: 0, given_up: 0, dropped: 0, duplicated: 0, pending: 0 },
     in_flight: 0,
     max_in_flight: 0,
-    connections: openConnections,
-    max_connections: openConnections,
+    connections: conns.open,
+    max_connections: conns.open,
   };
 }
 
@@ -439,15 +376,7 @@ wh = freshWebhooks();
 /* HTTP plumbing                                                       */
 /* ------------------------------------------------------------------ */
 
-function send(ctx, status, headers, body) {
-  const res = ctx.res;
-  if (res.headersSent || res.destroyed || ctx.dropped) return;
-  res.sendDate = false;
-  res.setHeader('Date', new Date(clockNow()).toUTCString());
-  if (ctx.rlHeaders) for (const [k, v] of Object.entries(ctx.rlHeaders)) res.setHeader(k, v);
-  res.writeHead(status, headers);
-  res.end(body);
-}
+const send = doubles.makeSend(clockNow);   /* the Date header from the double's clock; the rate-limit headers of ctx.rlHeaders */
 
 function sendJson(ctx, status, obj, headers = {}) {
   const s = JSON.stringify(obj);
@@ -466,29 +395,7 @@ function sendFile(ctx, contentType, filename, buf) {
 }
 
 /* readBody collects the request body up to max-body-bytes; beyond that it drains and reports overflow. */
-function readBody(req, cb) {
-  const limit = cfg['max-body-bytes'];
-  let chunks = [];
-  let size = 0;
-  let over = Number(req.headers['content-length'] || 0) > limit;
-  let drained = 0;
-  req.on('data', (c) => {
-    if (over) {
-      drained += c.length;
-      if (drained > 4 * limit) req.destroy();
-      return;
-    }
-    size += c.length;
-    if (size > limit) {
-      over = true;
-      chunks = null;
-      return;
-    }
-    chunks.push(c);
-  });
-  req.on('end', () => cb(over ? null : Buffer.concat(chunks, size), over));
-  req.on('error', () => {});
-}
+const readBody = (req, cb) => doubles.readBody(req, cfg['max-body-bytes'], cb);
 
 /*
  * jsonBody parses a JSON body.  An empty body is {}.  A body with a
@@ -516,7 +423,7 @@ function jsonBody(ctx) {
 /* ------------------------------------------------------------------ */
 
 const SR = '/v3/signature_requests/{signatureRequestId}';
-const ROUTES = [
+const ROUTES = doubles.compileRoutes([
   ['GET', '/v3/signature_requests', hListSR],
   ['POST', '/v3/signature_requests', hCreateSR, { drop: 'create' }],
   ['GET', SR, hGetSR],
@@ -539,58 +446,16 @@ const ROUTES = [
   ['POST', SR + '/signers/{signerId}/unblock_identification', hUnblock],
   ['GET', SR + '/signers/{signerId}/audit_trails/download', hSignerAuditTrail],
   ['GET', SR + '/audit_trails/download', hAuditTrail],
-].map(([method, template, handler, opts]) => ({
-  method, template, handler, opts: opts || {}, key: `${method} ${template}`,
-  segs: template.split('/').slice(1).map((s) => (s[0] === '{' ? { param: s.slice(1, -1) } : s)),
-}));
+]);
 
 /* matchRoute finds the route of a path (literal segments before parameters); {route, params} or {pathKnown}. */
-function matchRoute(method, segs) {
-  let pathKnown = false;
-  let found = null;
-  for (const r of ROUTES) {
-    if (r.segs.length !== segs.length) continue;
-    let params = {};
-    for (let i = 0; i < segs.length; i++) {
-      const s = r.segs[i];
-      if (typeof s === 'string') {
-        if (s !== segs[i]) { params = null; break; }
-      } else {
-        params[s.param] = segs[i];
-      }
-    }
-    if (!params) continue;
-    if (r.method === method) {
-      if (!found) found = { route: r, params };
-    } else {
-      pathKnown = true;
-    }
-  }
-  return found || { pathKnown };
-}
-
-function splitPath(pathname) {
-  const segs = pathname.split('/').slice(1);
-  if (segs.length > 1 && segs[segs.length - 1] === '') segs.pop();
-  try {
-    return segs.map(decodeURIComponent);
-  } catch {
-    return segs;
-  }
-}
+const matchRoute = (method, segs) => doubles.matchRoute(ROUTES, method, segs);
+const { splitPath } = doubles;
 
 function onRequest(req, res) {
-  const url = req.url;
-  const qi = url.indexOf('?');
-  const path = qi < 0 ? url : url.slice(0, qi);
-  const ctx = {
-    req, res, method: req.method, path, query: new URLSearchParams(qi < 0 ? '' : url.slice(qi + 1)),
-    params: {}, body: null, route: null, key: null, dropped: false, rlHeaders: null,
-  };
-  if (cfg.verbose) {
-    const t0 = Date.now();
-    res.on('close', () => process.stderr.write(`${req.method} ${url} ${res.statusCode} ${Date.now() - t0}ms\n`));
-  }
+  const ctx = doubles.newCtx(req, res, { rlHeaders: null });
+  const path = ctx.path;
+  if (cfg.verbose) doubles.logRequest(req, res);
   sweep();
   if (path === '/_control' || path.startsWith('/_control/')) {
     readBody(req, (body, over) => {
@@ -663,18 +528,12 @@ function handleApi(ctx) {
 
 /* runHandler runs a (sync or async) handler and renders thrown ApiErrors. */
 function runHandler(ctx, fn) {
-  const onErr = (e) => {
+  doubles.runGuarded(fn, (e) => {
     if (e instanceof ApiError) return sendJson(ctx, e.status, e.body, e.headers);
     process.stderr.write(`yousign_double: internal error on ${ctx.method} ${ctx.path}: ${e && e.stack}\n`);
     /* [R/errors-1] 500 {"type": "about:blank", "detail"} */
     sendJson(ctx, 500, { type: 'about:blank', detail: 'Internal Server Error' });
-  };
-  try {
-    const r = fn();
-    if (r && typeof r.then === 'function') r.catch(onErr);
-  } catch (e) {
-    onErr(e);
-  }
+  });
 }
 
 /* authenticate: [OAS bearerAuth] a static API key as Authorization: Bearer <key>; no login, no expiry. Else 401 [R/errors-1]. */
@@ -687,11 +546,7 @@ function authenticate(ctx) {
   }
 }
 
-function safeEqual(a, b) {
-  const x = crypto.createHash('sha256').update(String(a)).digest();
-  const y = crypto.createHash('sha256').update(String(b)).digest();
-  return crypto.timingSafeEqual(x, y);
-}
+const { safeEqual } = doubles;
 
 /* ------------------------------------------------------------------ */
 /* Rate limits                                                         */
@@ -752,7 +607,7 @@ function rateLimit(ctx) {
 function faultEligible(ctx) {
   const f = rt.faults;
   if (!f) return false;
-  if (f.pathsRe) return f.pathsRe.test(ctx.path) || f.pathsRe.test(`${ctx.method} ${ctx.path}`) || f.pathsRe.test(ctx.key);
+  if (f.pathsRe) return doubles.pathsMatch(f.pathsRe, ctx);
   return true;
 }
 
@@ -778,12 +633,7 @@ function injectFault(ctx, kind) {
   if (kind === 'rate_limit') {
     return sendJson(ctx, 429, { message: rt.o.rate_limit_message }, { 'Retry-After': String(f.retry_after) });
   }
-  const t = setTimeout(() => {
-    heldTimers.delete(t);
-    sendJson(ctx, 504, { type: 'about:blank', detail: 'Gateway Timeout' });
-  }, f.timeout_ms);
-  heldTimers.add(t);
-  ctx.res.on('close', () => { clearTimeout(t); heldTimers.delete(t); });
+  doubles.holdAnswer(ctx, f.timeout_ms, heldTimers, () => sendJson(ctx, 504, { type: 'about:blank', detail: 'Gateway Timeout' }));
 }
 
 /*
@@ -820,16 +670,7 @@ function setFaults(b) {
   const known = ['error_rate', 'error_status', 'rate_limit_rate', 'retry_after', 'timeout_rate', 'timeout_ms', 'delay_rate', 'delay_ms', 'paths', 'seed']
     .concat(...DROP_KINDS.map((k) => [`drop_after_${k}_rate`, `drop_after_${k}_count`]));
   for (const k of Object.keys(b)) if (!known.includes(k)) throw badControl(`unknown fault ${k}; known: ${known.join(', ')}`);
-  const rate = (k) => {
-    const v = b[k] === undefined ? 0 : b[k];
-    if (typeof v !== 'number' || !(v >= 0 && v <= 1)) throw badControl(`${k} must be a number between 0 and 1`);
-    return v;
-  };
-  const int = (k, dflt, min, max) => {
-    const v = b[k] === undefined ? dflt : b[k];
-    if (!Number.isInteger(v) || v < min || v > max) throw badControl(`${k} must be an integer between ${min} and ${max}`);
-    return v;
-  };
+  const { rate, int } = doubles.faultReaders(b, badControl);
   const f = {
     error_rate: rate('error_rate'),
     error_status: int('error_status', 500, 400, 599),
@@ -847,80 +688,17 @@ function setFaults(b) {
     f[`drop_after_${k}_count`] = int(`drop_after_${k}_count`, 0, 0, 1e9);
   }
   if (f.error_rate + f.rate_limit_rate + f.timeout_rate + f.delay_rate > 1) throw badControl('error_rate + rate_limit_rate + timeout_rate + delay_rate must not exceed 1');
-  try {
-    f.pathsRe = f.paths === null ? null : new RegExp(f.paths);
-  } catch (e) {
-    throw badControl('paths is not a valid regular expression: ' + e.message);
-  }
-  rt.faults = f;
-  rt.rng = mulberry32(f.seed);
-  return f;
+  return doubles.installFaults(rt, f, badControl);
 }
 
-function faultsView() {
-  if (!rt.faults) return {};
-  const { pathsRe, ...rest } = rt.faults;
-  return rest;
-}
+const faultsView = () => doubles.faultsView(rt);
 
 /* ------------------------------------------------------------------ */
 /* Scripted answers                                                    */
 /* ------------------------------------------------------------------ */
 
 /* setScript serves POST /_control/script: the next `times` matching /v3 calls get exactly this answer; {} clears. */
-function setScript(b) {
-  if (Object.keys(b).length === 0) {
-    rt.scripts = [];
-    return scriptsView();
-  }
-  const str = (k, dflt) => {
-    const v = b[k] === undefined ? dflt : b[k];
-    if (typeof v !== 'string') throw badControl(`${k} must be a string`);
-    return v;
-  };
-  const times = b.times === undefined ? 1 : b.times;
-  if (!Number.isInteger(times) || times < 1 || times > 1e9) throw badControl('times must be an integer between 1 and 1000000000');
-  const status = b.status === undefined ? 200 : b.status;
-  if (!Number.isInteger(status) || status < 200 || status > 599) throw badControl('status must be an integer between 200 and 599');
-  const headers = b.headers === undefined ? {} : b.headers;
-  if (!isObj(headers)) throw badControl('headers must be a JSON object');
-  for (const [name, value] of Object.entries(headers)) {
-    try {
-      http.validateHeaderName(name);
-      http.validateHeaderValue(name, String(value));
-    } catch (e) {
-      throw badControl(`header ${JSON.stringify(name)} is not valid: ${e.message}`);
-    }
-  }
-  const sc = { method: b.method == null ? null : str('method').toUpperCase(), path: str('path', ''), status, headers, body: str('body', ''), times };
-  try {
-    sc.pathRe = new RegExp(sc.path);
-  } catch (e) {
-    throw badControl('path is not a valid regular expression: ' + e.message);
-  }
-  rt.scripts.push(sc);
-  return scriptsView();
-}
-
-function scriptsView() {
-  return rt.scripts.map(({ pathRe, body, ...rest }) => Object.assign(rest, { body_bytes: Buffer.byteLength(body) }));
-}
-
-function takeScript(ctx) {
-  const i = rt.scripts.findIndex((sc) => (sc.method === null || sc.method === ctx.method) && sc.pathRe.test(ctx.req.url));
-  if (i < 0) return null;
-  const sc = rt.scripts[i];
-  if (--sc.times === 0) rt.scripts.splice(i, 1);
-  stats.scripted++;
-  return sc;
-}
-
-function sendScripted(ctx, sc) {
-  const body = Buffer.from(sc.body, 'utf8');
-  const headers = Object.assign({}, sc.headers);
-  if (!Object.keys(headers).some((h) => h.toLowerCase() === 'content-length')) headers['Content-Length'] = body.length;
-  send(ctx, sc.status, headers, body);
-}
+const { setScript, scriptsView, takeScript, sendScripted } = doubles.bindScripts(() => rt, () => stats, send, badControl);
 
 /* ------------------------------------------------------------------ */
 /* Views                                                               */
@@ -1331,24 +1109,9 @@ function parseMultipart(buf, contentType) {
   return parts;
 }
 
-const isNameChar = (c) => (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a);
-
 /* pdfPages returns the byte offsets of the /Type /Page objects and the first MediaBox height. */
 function pdfPages(buf) {
-  const offsets = [];
-  let idx = 0;
-  while ((idx = buf.indexOf('/Type', idx, 'latin1')) !== -1) {
-    let j = idx + 5;
-    while (j < buf.length && (buf[j] === 0x20 || buf[j] === 0x0a || buf[j] === 0x0d || buf[j] === 0x09)) j++;
-    if (buf.toString('latin1', j, j + 5) === '/Page' && !isNameChar(buf[j + 5])) offsets.push(idx);
-    idx = j;
-  }
-  let height = 842;
-  const mb = buf.indexOf('/MediaBox', 0, 'latin1');
-  if (mb !== -1) {
-    const mm = /^\s*\[\s*(-?[\d.]+)\s+(-?[\d.]+)\s+(-?[\d.]+)\s+(-?[\d.]+)\s*\]/.exec(buf.toString('latin1', mb + 9, mb + 120));
-    if (mm) height = Math.round(Number(mm[4]) - Number(mm[2]));
-  }
+  const { offsets, height } = doubles.pdfScan(buf);
   return { offsets, total: Math.max(1, offsets.length), height };
 }
 
@@ -2212,31 +1975,7 @@ function hSignerAuditTrail(ctx) {
 }
 
 /* buildPdf writes a small valid PDF (Helvetica, 54 lines per A4 page) with a correct xref table. */
-function buildPdf(lines) {
-  const text = (s) => String(s).slice(0, 110).replace(/[^\x20-\x7e]/g, '?').replace(/[\\()]/g, (c) => '\\' + c);
-  const pages = [];
-  for (let i = 0; i < Math.max(lines.length, 1); i += 54) pages.push(lines.slice(i, i + 54));
-  const objs = [
-    '<< /Type /Catalog /Pages 2 0 R >>',
-    `<< /Type /Pages /Kids [${pages.map((_, i) => `${4 + 2 * i} 0 R`).join(' ')}] /Count ${pages.length} >>`,
-    '<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>',
-  ];
-  pages.forEach((pl, i) => {
-    const stream = 'BT\n/F1 10 Tf\n14 TL\n50 800 Td\n' + pl.map((l) => `(${text(l)}) Tj T*`).join('\n') + '\nET\n';
-    objs.push(`<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] /Resources << /Font << /F1 3 0 R >> >> /Contents ${5 + 2 * i} 0 R >>`);
-    objs.push(`<< /Length ${stream.length} >>\nstream\n${stream}endstream`);
-  });
-  let out = '%PDF-1.7\n%\xe2\xe3\xcf\xd3\n';
-  const offsets = objs.map((o, i) => {
-    const at = out.length;
-    out += `${i + 1} 0 obj\n${o}\nendobj\n`;
-    return at;
-  });
-  const xref = out.length;
-  out += `xref\n0 ${objs.length + 1}\n0000000000 65535 f \n` + offsets.map((o) => `${String(o).padStart(10, '0')} 00000 n \n`).join('');
-  out += `trailer\n<< /Size ${objs.length + 1} /Root 1 0 R >>\nstartxref\n${xref}\n%%EOF\n`;
-  return Buffer.from(out, 'latin1');
-}
+const buildPdf = (lines) => doubles.buildPdf(lines, { version: '1.7', winAnsi: false });
 
 let crcTable = null;
 function crc32(buf) {
@@ -2536,11 +2275,7 @@ function setWebhookFaults(b) {
     return {};
   }
   for (const k of Object.keys(b)) if (!['drop_count', 'drop_rate', 'duplicate_count', 'duplicate_rate', 'events', 'seed'].includes(k)) throw badControl(`unknown webhook fault ${k}`);
-  const rate = (k) => {
-    const v = b[k] === undefined ? 0 : b[k];
-    if (typeof v !== 'number' || !(v >= 0 && v <= 1)) throw badControl(`${k} must be a number between 0 and 1`);
-    return v;
-  };
+  const { rate } = doubles.faultReaders(b, badControl);
   const int = (k) => {
     const v = b[k] === undefined ? 0 : b[k];
     if (!Number.isInteger(v) || v < 0) throw badControl(`${k} must be a non-negative integer`);
@@ -2581,22 +2316,11 @@ function controlSrView(sr) {
 }
 
 function clockView() {
-  const now = clockNow();
-  return { now: new Date(now).toISOString(), offset_ms: now - Date.now() };
+  return doubles.clockView(clockNow());
 }
 
 function setClock(b) {
-  const has = (k) => b[k] !== undefined;
-  if (has('advance_ms') === has('set')) throw badControl('give exactly one of advance_ms and set');
-  if (has('advance_ms')) {
-    const v = b.advance_ms;
-    if (!Number.isInteger(v) || Math.abs(v) > 864e5 * 366 * 100) throw badControl('advance_ms must be an integer number of milliseconds');
-    clockOffsetMs += v;
-  } else {
-    const ms = parseIsoTime(b.set);
-    if (ms === null) throw badControl('set must be an ISO 8601 date-time with a zone, like 2026-03-19T08:15:00Z');
-    clockOffsetMs = ms - Date.now();
-  }
+  clockOffsetMs = doubles.clockOffset(b, clockOffsetMs, badControl);
   sweep();
   return clockView();
 }
@@ -2617,9 +2341,8 @@ function setOptions(b) {
       if (!Number.isInteger(v) || v < 0) throw badControl(`${name} must be a non-negative integer`);
       val = v;
     } else if (spec.type === 'switch') {
-      if (typeof v === 'boolean') val = v;
-      else if (typeof v === 'string' && SWITCH_ON.concat(SWITCH_OFF).includes(v.toLowerCase())) val = SWITCH_ON.includes(v.toLowerCase());
-      else throw badControl(`${name} must be true or false (or "on" or "off")`);
+      val = doubles.switchValue(v);
+      if (val === undefined) throw badControl(`${name} must be true or false (or "on" or "off")`);
     } else if (spec.type === 'enum') {
       if (!spec.values.includes(v)) throw badControl(`${name} must be one of ${spec.values.join(', ')}`);
       val = v;
@@ -2734,20 +2457,7 @@ function handleControl(ctx, segs) {
 /* Start and stop                                                      */
 /* ------------------------------------------------------------------ */
 
-const server = http.createServer({ keepAlive: true }, onRequest);
-server.keepAliveTimeout = 65000;
-server.headersTimeout = 70000;
-server.requestTimeout = 0;
-server.on('connection', (socket) => {
-  openConnections++;
-  stats.connections = openConnections;
-  if (openConnections > stats.max_connections) stats.max_connections = openConnections;
-  socket.on('close', () => { openConnections--; stats.connections = openConnections; });
-});
-server.on('clientError', (err, socket) => {
-  if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
-  else socket.destroy();
-});
+const server = doubles.createServer(onRequest, conns, () => stats);
 
 /* the time-driven behaviour (expiry, reminders) also runs without calls */
 const sweepTimer = setInterval(sweep, 250);
@@ -2767,10 +2477,6 @@ function shutdown() {
   if (wh.timer) clearTimeout(wh.timer);
   whAgents['http:'].destroy();
   whAgents['https:'].destroy();
-  server.close(() => process.exit(0));
-  server.closeAllConnections();
-  setTimeout(() => process.exit(0), 2000).unref();
+  doubles.closeAndExit(server);
 }
-process.on('uncaughtException', (e) => process.stderr.write(`yousign_double: uncaught: ${e && e.stack}\n`));
-process.on('SIGTERM', shutdown);
-process.on('SIGINT', shutdown);
+doubles.onSignals('yousign_double', shutdown);
