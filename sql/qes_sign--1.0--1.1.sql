@@ -1532,12 +1532,12 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, qes_sign, pg_temp AS $$
 $$;
 
 -- _anchor_due: the head moved since the last anchor, and that anchor is
--- older than qes_sign.audit_anchor_interval
+-- older than qes_sign.audit_anchor_interval (every second: index lookups only)
 CREATE FUNCTION _anchor_due() RETURNS boolean LANGUAGE sql STABLE AS $$
     SELECT qes_sign._s3_configured()
        AND coalesce((SELECT max(seq) FROM qes_sign.audit_log), 0)
            > coalesce((SELECT max(seq) FROM qes_sign.audit_anchors), 0)
-       AND coalesce((SELECT max(anchored_at) FROM qes_sign.audit_anchors), '-infinity')
+       AND coalesce((SELECT anchored_at FROM qes_sign.audit_anchors ORDER BY seq DESC LIMIT 1), '-infinity')
            < qes_sign.clock() - current_setting('qes_sign.audit_anchor_interval')::interval
 $$;
 
