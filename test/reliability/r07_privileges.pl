@@ -272,6 +272,9 @@ sub as_user
 }
 # dollar-quoted statement text for rt.try / rt.count / rt.err / rt.msg
 sub dq { my ($stmt) = @_; $stmt =~ s/\$\$/\$x\$/g; return "\$q\$$stmt\$q\$"; }
+# tried / counted: a statement run by rt.try (its SQLSTATE or ok) or rt.count (rows:N)
+sub tried   { return 'rt.try(' . dq($_[0]) . ')'; }
+sub counted { return 'rt.count(' . dq($_[0]) . ')'; }
 
 my $app_setup = "SET qes_sign.verwaltung = 'hv-1';";
 my $signers = q{'[{"first_name": "A", "last_name": "B", "email": "signer1@example.org"}]'};
@@ -280,33 +283,33 @@ my %id = map { ($_ => one("SELECT rt.uuid($_)")) } (11 .. 15, 21 .. 25);
 # --- tenant switch: a tenant the role does not hold
 {
 	my @t = (
-		[ 'remind own (hv-1) with hv-2 selected', "rt.try(" . dq("SELECT qes_sign.remind($own)") . ")", '42501' ],
-		[ 'remind hv-2', "rt.try(" . dq("SELECT qes_sign.remind($other)") . ")", '42501' ],
-		[ 'withdraw hv-2', "rt.try(" . dq("SELECT qes_sign.withdraw($other, 'x')") . ")", '42501' ],
-		[ 'withdraw own', "rt.try(" . dq("SELECT qes_sign.withdraw($own, 'x')") . ")", '42501' ],
-		[ 'download hv-2 (archived)', "rt.try(" . dq("SELECT qes_sign.download($other_arch)") . ")", '42501' ],
-		[ 'download own (archived)', "rt.try(" . dq("SELECT qes_sign.download(rt.uuid(14))") . ")", '42501' ],
-		[ 'create_request hv-2', "rt.try(" . dq("SELECT qes_sign.create_request('hv-2', 't', rt.pdf(), rt.signers())") . ")", '42501' ],
-		[ 'create_request hv-1', "rt.try(" . dq("SELECT qes_sign.create_request('hv-1', 't', rt.pdf(), rt.signers())") . ")", '42501' ],
-		[ 'replace_signer hv-2', "rt.try(" . dq(qq{SELECT qes_sign.replace_signer($other, 'signer1\@example.org', '{"first_name": "a", "last_name": "b", "email": "c\@example.org"}')}) . ")", '42501' ],
-		[ 'restart hv-2', "rt.try(" . dq("SELECT qes_sign.restart(rt.uuid(25))") . ")", '42501' ],
-		[ 'read signatur_anfragen', "rt.count(" . dq('SELECT * FROM qes_sign.signatur_anfragen') . ")", 'rows:0' ],
-		[ 'read overview', "rt.count(" . dq('SELECT * FROM qes_sign.overview') . ")", 'rows:0' ],
-		[ 'read audit_log', "rt.count(" . dq('SELECT * FROM qes_sign.audit_log') . ")", 'rows:0' ],
-		[ 'read signers', "rt.count(" . dq('SELECT * FROM qes_sign.signers') . ")", 'rows:0' ],
-		[ 'read archive_objects', "rt.count(" . dq('SELECT * FROM qes_sign.archive_objects') . ")", 'rows:0' ],
-		[ 'read timeline hv-2', "rt.count(" . dq("SELECT * FROM qes_sign.timeline($other)") . ")", 'rows:0' ],
+		[ 'remind own (hv-1) with hv-2 selected', tried("SELECT qes_sign.remind($own)"), '42501' ],
+		[ 'remind hv-2', tried("SELECT qes_sign.remind($other)"), '42501' ],
+		[ 'withdraw hv-2', tried("SELECT qes_sign.withdraw($other, 'x')"), '42501' ],
+		[ 'withdraw own', tried("SELECT qes_sign.withdraw($own, 'x')"), '42501' ],
+		[ 'download hv-2 (archived)', tried("SELECT qes_sign.download($other_arch)"), '42501' ],
+		[ 'download own (archived)', tried("SELECT qes_sign.download(rt.uuid(14))"), '42501' ],
+		[ 'create_request hv-2', tried("SELECT qes_sign.create_request('hv-2', 't', rt.pdf(), rt.signers())"), '42501' ],
+		[ 'create_request hv-1', tried("SELECT qes_sign.create_request('hv-1', 't', rt.pdf(), rt.signers())"), '42501' ],
+		[ 'replace_signer hv-2', tried(qq{SELECT qes_sign.replace_signer($other, 'signer1\@example.org', '{"first_name": "a", "last_name": "b", "email": "c\@example.org"}')}), '42501' ],
+		[ 'restart hv-2', tried("SELECT qes_sign.restart(rt.uuid(25))"), '42501' ],
+		[ 'read signatur_anfragen', counted('SELECT * FROM qes_sign.signatur_anfragen'), 'rows:0' ],
+		[ 'read overview', counted('SELECT * FROM qes_sign.overview'), 'rows:0' ],
+		[ 'read audit_log', counted('SELECT * FROM qes_sign.audit_log'), 'rows:0' ],
+		[ 'read signers', counted('SELECT * FROM qes_sign.signers'), 'rows:0' ],
+		[ 'read archive_objects', counted('SELECT * FROM qes_sign.archive_objects'), 'rows:0' ],
+		[ 'read timeline hv-2', counted("SELECT * FROM qes_sign.timeline($other)"), 'rows:0' ],
 	);
 	my @g = as_user('r07_app', "SET qes_sign.verwaltung = 'hv-2';", map { [ $_->[0], $_->[1] ] } @t);
 	check('tenant_switch', "$t[$_][0]", $g[$_], $t[$_][2]) for 0 .. $#t;
 
 	# no tenant selected, an unknown one, and one revoked
 	my @u = as_user('r07_app', "RESET qes_sign.verwaltung;",
-		[ 'unset: create', "rt.try(" . dq("SELECT qes_sign.create_request('hv-1', 't', rt.pdf(), rt.signers())") . ")" ],
-		[ 'unset: read', "rt.count(" . dq('SELECT * FROM qes_sign.signatur_anfragen') . ")" ],
+		[ 'unset: create', tried("SELECT qes_sign.create_request('hv-1', 't', rt.pdf(), rt.signers())") ],
+		[ 'unset: read', counted('SELECT * FROM qes_sign.signatur_anfragen') ],
 		[ 'my_tenants', "(SELECT string_agg(t, ',') FROM qes_sign.my_tenants() t)" ],
 		[ 'select hv-9', "set_config('qes_sign.verwaltung', 'hv-9', false)" ],
-		[ 'hv-9: create', "rt.try(" . dq("SELECT qes_sign.create_request('hv-9', 't', rt.pdf(), rt.signers())") . ")" ]);
+		[ 'hv-9: create', tried("SELECT qes_sign.create_request('hv-9', 't', rt.pdf(), rt.signers())") ]);
 	check('tenant_switch', 'no tenant selected: create_request', $u[0], '42501');
 	check('tenant_switch', 'no tenant selected: read', $u[1], 'rows:0');
 	check('tenant_switch', 'my_tenants() lists hv-1 only', $u[2], 'hv-1', 'allowed');
@@ -315,13 +318,13 @@ my %id = map { ($_ => one("SELECT rt.uuid($_)")) } (11 .. 15, 21 .. 25);
 
 	one("SELECT qes_sign.revoke_tenant('r07_app', 'hv-1')");
 	my @r = as_user('r07_app', $app_setup,
-		[ 'remind', "rt.try(" . dq("SELECT qes_sign.remind($own)") . ")" ],
-		[ 'read', "rt.count(" . dq('SELECT * FROM qes_sign.signatur_anfragen') . ")" ]);
+		[ 'remind', tried("SELECT qes_sign.remind($own)") ],
+		[ 'read', counted('SELECT * FROM qes_sign.signatur_anfragen') ]);
 	one("SELECT qes_sign.grant_tenant('r07_app', 'hv-1')");
 	check('tenant_switch', 'revoked hv-1: remind own', $r[0], '42501');
 	check('tenant_switch', 'revoked hv-1: read own', $r[1], 'rows:0');
 	my @back = as_user('r07_app', $app_setup,
-		[ 'read', "rt.count(" . dq('SELECT * FROM qes_sign.signatur_anfragen') . ")" ]);
+		[ 'read', counted('SELECT * FROM qes_sign.signatur_anfragen') ]);
 	check('tenant_switch', 'granted again: reads its 5 requests', $back[0], 'rows:5', 'allowed');
 }
 
@@ -334,7 +337,7 @@ my %id = map { ($_ => one("SELECT rt.uuid($_)")) } (11 .. 15, 21 .. 25);
 	my @g = as_user('r07_app', $app_setup,
 		[ 'random', $create->("'" . new_uuid() . "'") ],
 		(map { [ "hv-2 $_", $create->("'$id{$_}'") ] } 21 .. 25),
-		[ 'own abgebrochen', "rt.try(" . dq("SELECT qes_sign.create_request('hv-1', 'Neustart', rt.pdf(), rt.signers(), restarted_from => rt.uuid(15))") . ")" ]);
+		[ 'own abgebrochen', tried("SELECT qes_sign.create_request('hv-1', 'Neustart', rt.pdf(), rt.signers(), restarted_from => rt.uuid(15))") ]);
 	my $unknown = shift @g;
 	like($unknown, qr/^P0002 \/ signature request <id> does not exist/, "restarted_from => a random uuid: $unknown");
 	my @st = split /,/, one("SELECT string_agg(status::text, ',' ORDER BY id) FROM qes_sign.signatur_anfragen WHERE verwaltung = 'hv-2'");
@@ -381,14 +384,14 @@ my %id = map { ($_ => one("SELECT rt.uuid($_)")) } (11 .. 15, 21 .. 25);
 		  . "(SELECT qes_sign.receive_callback(replace($u, 'SKRIBBLE_DOCUMENT_ID', 'doc-' || g)$extra) r "
 		  . 'FROM generate_series(1, 30) g) x)';
 	};
-	my $big = sub { "rt.try(" . dq("SELECT qes_sign.receive_callback('$url{'11/update'}', convert_to(repeat('x', $_[0]), 'UTF8'))") . ")" };
+	my $big = sub { tried("SELECT qes_sign.receive_callback('$url{'11/update'}', convert_to(repeat('x', $_[0]), 'UTF8'))") };
 	my @g = as_user('r07_app', $app_setup,
 		[ 'update x30', $flood->("'$url{'11/update'}'", 'update', '') ],
 		[ 'success x30', $flood->("replace('$url{'11/success'}', 'SKRIBBLE_SIGNATURE_ID', 'sig-' || g)", 'success', '') ],
 		[ '2 MB', $big->(2 * 1024 * 1024) ],
 		[ '65537', $big->(65537) ],
 		[ '65536', $big->(65536) ],
-		[ 'webhook 2 MB', "rt.try(" . dq("SELECT qes_sign.receive_webhook('{}', convert_to(repeat('x', 2097152), 'UTF8'))") . ")" ],
+		[ 'webhook 2 MB', tried("SELECT qes_sign.receive_webhook('{}', convert_to(repeat('x', 2097152), 'UTF8'))") ],
 		(map { [ $_, "(SELECT (r).duplicate FROM qes_sign.receive_callback('$url{$_}') r)::text" ] } qw(13/update 14/update 15/update 25/update)));
 	check('callback_flood', '30 update callbacks, 30 document= values: stored once', $g[0], '1/30');
 	check('callback_flood', '30 success callbacks, 30 document= and signature= values: stored once', $g[1], '1/30');
@@ -418,8 +421,8 @@ my %id = map { ($_ => one("SELECT rt.uuid($_)")) } (11 .. 15, 21 .. 25);
 		[ 'create', q{qes_sign.create_request('hv-1', 'Mietvertrag Geheimweg 7, Familie Mustermann', rt.pdf(),
 			'[{"first_name": "Erika", "last_name": "Mustermann", "email": "erika.mustermann@example.org"}]',
 			message => 'Bitte bis Freitag unterschreiben, Frau Mustermann')} ]);
-	as_user('r07_app', $app_setup, [ 'remind', "rt.try(" . dq("SELECT qes_sign.remind('$new')") . ")" ],
-		[ 'withdraw', "rt.try(" . dq("SELECT qes_sign.withdraw('$new', 'Mieterin Mustermann zieht nicht ein')") . ")" ]);
+	as_user('r07_app', $app_setup, [ 'remind', tried("SELECT qes_sign.remind('$new')") ],
+		[ 'withdraw', tried("SELECT qes_sign.withdraw('$new', 'Mieterin Mustermann zieht nicht ein')") ]);
 	# Skribble's decline message (free text of a signer) reaches the trail
 	one(q{SELECT qes_sign.apply_signature_request(rt.uuid(12), jsonb_set(rt.sr(rt.uuid(12), 'DECLINED', '{DECLINED,OPEN}'),
 		'{signatures,0,decline_message}', '"Ich, Max Mustermann, unterschreibe nicht"'))});
@@ -443,8 +446,8 @@ my %id = map { ($_ => one("SELECT rt.uuid($_)")) } (11 .. 15, 21 .. 25);
 	check('listen_stranger', 'no name, title, message, reason or decline text in a payload',
 		join(' ', grep { /Mustermann|Geheimweg|Freitag|Mieterin|unterschreibe/ } @notes) || 'none', 'none');
 	my @t = as_user('r07_stranger', '',
-		[ 'read', "rt.try(" . dq('SELECT * FROM qes_sign.signatur_anfragen') . ")" ],
-		[ 'timeline', "rt.try(" . dq("SELECT * FROM qes_sign.timeline('$new')") . ")" ]);
+		[ 'read', tried('SELECT * FROM qes_sign.signatur_anfragen') ],
+		[ 'timeline', tried("SELECT * FROM qes_sign.timeline('$new')") ]);
 	check('listen_stranger', 'the stranger cannot read the requests', $t[0], '42501');
 	check('listen_stranger', 'nor their timeline', $t[1], '42501');
 }
@@ -498,9 +501,9 @@ my %id = map { ($_ => one("SELECT rt.uuid($_)")) } (11 .. 15, 21 .. 25);
 	# session A: a temp audit_log and archive_objects, pg_temp searched first
 	my @a = as_user('r07_app', join("\n", $app_setup, $temp->('audit_log'), $temp->('archive_objects'), $planted_archive,
 			$trap->('audit_log'), $trap->('archive_objects'), 'SET search_path = pg_temp, qes_sign, public;'),
-		[ 'control', "rt.try(" . dq("INSERT INTO audit_log (event) VALUES ('x')") . ")" ],
+		[ 'control', tried("INSERT INTO audit_log (event) VALUES ('x')") ],
 		[ 'create', "rt.msg(" . dq("SELECT qes_sign.create_request('hv-1', 'Hijack', rt.pdf(), $signers, id => rt.uuid(98))") . ")" ],
-		[ 'download 13', "rt.try(" . dq("SELECT qes_sign.download(rt.uuid(13))") . ")" ],
+		[ 'download 13', tried("SELECT qes_sign.download(rt.uuid(13))") ],
 		[ 'download 14', "rt.msg(" . dq("SELECT qes_sign.download(rt.uuid(14))") . ")" ],
 		[ 'super', "(SELECT rolsuper FROM pg_roles WHERE rolname = 'r07_app')::text" ]);
 	is($a[0], 'ok:0', "control: the trap on the app's own temp audit_log fires (the row is dropped)");
@@ -523,14 +526,14 @@ my %id = map { ($_ => one("SELECT rt.uuid($_)")) } (11 .. 15, 21 .. 25);
 			(map { $trap->($_) } @shadow), 'SET search_path = r07_evil, pg_temp, pg_catalog, qes_sign, public;'),
 		[ 'control: own =', "(rt.uuid(1) = rt.uuid(1))::text" ],
 		[ 'create', "rt.msg(" . dq("SELECT qes_sign.create_request('hv-1', 'Hijack', rt.pdf(), $signers, id => rt.uuid(99))") . ")" ],
-		[ 'remind planted', "rt.try(" . dq("SELECT qes_sign.remind(rt.uuid(21))") . ")" ],
-		[ 'remind own', "rt.try(" . dq("SELECT qes_sign.remind(rt.uuid(11))") . ")" ],
-		[ 'download 13', "rt.try(" . dq("SELECT qes_sign.download(rt.uuid(13))") . ")" ],
+		[ 'remind planted', tried("SELECT qes_sign.remind(rt.uuid(21))") ],
+		[ 'remind own', tried("SELECT qes_sign.remind(rt.uuid(11))") ],
+		[ 'download 13', tried("SELECT qes_sign.download(rt.uuid(13))") ],
 		[ 'callback', "(SELECT (r).duplicate FROM qes_sign.receive_callback('$cb') r)::text" ],
 		[ 'my_tenants', "(SELECT string_agg(t, ',') FROM qes_sign.my_tenants() t)" ],
 		[ 'select hv-2', "set_config('qes_sign.verwaltung', 'hv-2', false)" ],
-		[ 'hv-2 read', "rt.count(" . dq("SELECT * FROM qes_sign.signatur_anfragen") . ")" ],
-		[ 'hv-2 remind', "rt.try(" . dq("SELECT qes_sign.remind(rt.uuid(21))") . ")" ]);
+		[ 'hv-2 read', counted("SELECT * FROM qes_sign.signatur_anfragen") ],
+		[ 'hv-2 remind', tried("SELECT qes_sign.remind(rt.uuid(21))") ]);
 	is($b[0], 'true', "control: the app's own uuid = is its operator");
 	is(one("SELECT string_agg(DISTINCT tbl || ':' || who, ',' ORDER BY tbl || ':' || who) FROM r07_evil.hits WHERE who = 'r07_app'"),
 		'audit_log:r07_app,operator =:r07_app', 'control: both traps recorded the app itself');
