@@ -12,10 +12,16 @@ OBJS = \
 	src/http.o \
 	src/skribble.o \
 	src/worker.o \
-	src/s3.o
+	src/s3.o \
+	src/yousign.o
 
 EXTENSION = qes_sign
-DATA = sql/qes_sign--1.0.sql sql/qes_sign--1.0--1.1.sql
+# 1.0 is released as it is; 1.0--1.1 is built from its sources, the
+# providers' files among them (sql/install/README.md)
+DATA = sql/qes_sign--1.0.sql
+DATA_built = sql/qes_sign--1.0--1.1.sql
+UPGRADE_1_1 = sql/install/1.1-core.sql sql/install/provider-skribble.sql \
+	sql/install/provider-yousign.sql sql/install/1.1-end.sql
 PGFILEDESC = "qes_sign - qualified electronic signature workflows"
 
 # pg_regress suites (sql/*.sql, expected/*.out), in order
@@ -37,6 +43,9 @@ include $(PGXS)
 # used by test/run-all.sh, which runs the suites as an unprivileged user
 print-%:
 	@echo '$($*)'
+
+sql/qes_sign--1.0--1.1.sql: $(UPGRADE_1_1)
+	cat $^ > $@
 
 # every object depends on the shared headers (PGXS does not track them)
 $(OBJS): src/qes_sign.h src/http.h

@@ -66,7 +66,7 @@ q "SELECT count(qes_sign.create_request('hv-bench', 'Archiv ' || r || '-' || g, 
      '[{\"first_name\": \"Mia\", \"last_name\": \"Mieter\", \"email\": \"mieter@example.org\"}]'))
      FROM generate_series(1, $rounds) r, generate_series(1, $n) g" >/dev/null
 t_created=$(date +%s.%N)
-wait_for "SELECT count(*) FROM qes_sign.signatur_anfragen WHERE skribble_id IS NULL" 0
+wait_for "SELECT count(*) FROM qes_sign.signatur_anfragen WHERE provider_id IS NULL" 0
 t_submitted=$(date +%s.%N)
 q "SELECT pg_stat_statements_reset()" >/dev/null
 
@@ -105,7 +105,7 @@ best_w=0; best_b=0
 for r in $(seq "$rounds"); do
     # the worker: round r's N requests signed at once; from the first vollstaendig to the last archiviert
     read -r c0_w c0_d c0_s <<<"$(cpu "$worker_pid" "${pids[0]}" "${pids[2]}")"
-    q "SELECT skribble_id FROM qes_sign.signatur_anfragen WHERE title LIKE 'Archiv $r-%'" |
+    q "SELECT provider_id FROM qes_sign.signatur_anfragen WHERE title LIKE 'Archiv $r-%'" |
         xargs -P "$n" -I{} curl -sS --fail-with-body -o /dev/null -X POST -H 'Content-Type: application/json' -d '{ }' \
             "http://127.0.0.1:$double_port/_control/signature-requests/{}/signatures/mieter@example.org/sign"
     wait_for "SELECT count(*) FROM qes_sign.signatur_anfragen WHERE title LIKE 'Archiv $r-%' AND status <> 'archiviert'" 0

@@ -8,7 +8,7 @@
  *  1. baseline: BASE_ROUNDS pg_notify round trips from a second session
  *     (SELECT pg_notify(...) sent -> notification received by the listener);
  *  2. N requests with two signers, created in one statement; waits until the
- *     worker submitted all of them (skribble_id set);
+ *     worker submitted all of them (provider_id set);
  *  3. the first signer of each signs; waits until the worker has brought
  *     that in and its queue is empty;
  *  4. LISTEN qes_sign, then the N last signatures are POSTed at once to
@@ -101,7 +101,7 @@ let seen;
 async function sign(r) {
   const e = seen.get(r.id);
   e.sent = now();
-  const sr = await post(`/signature-requests/${r.skribble_id}/signatures/letzte@example.org/sign`);
+  const sr = await post(`/signature-requests/${r.provider_id}/signatures/letzte@example.org/sign`);
   e.answered = now();
   const sig = sr.signatures.find((s) => s.signer_identity_data.email_address === 'letzte@example.org');
   e.signed = Date.parse(sig.signed_at);
@@ -138,17 +138,17 @@ async function main() {
   const ids = all.slice(0, N);
   const soloIds = all.slice(N);
   const submitMs = await until('submitted', async () => (await admin.query(
-    'SELECT count(*)::int AS c FROM qes_sign.signatur_anfragen WHERE id = ANY($1) AND skribble_id IS NOT NULL',
+    'SELECT count(*)::int AS c FROM qes_sign.signatur_anfragen WHERE id = ANY($1) AND provider_id IS NOT NULL',
     [all])).rows[0].c === N + SOLO);
   const { rows: allReqs } = await admin.query(
-    'SELECT id, skribble_id FROM qes_sign.signatur_anfragen WHERE id = ANY($1)', [all]);
+    'SELECT id, provider_id FROM qes_sign.signatur_anfragen WHERE id = ANY($1)', [all]);
   const reqs = allReqs.filter((r) => ids.includes(r.id));
   const soloReqs = allReqs.filter((r) => soloIds.includes(r.id));
 
   /* 3. the other signer of each signs first; then the queue must be quiet */
   for (let i = 0; i < allReqs.length; i += 50) {
     await Promise.all(allReqs.slice(i, i + 50).map((r) =>
-      post(`/signature-requests/${r.skribble_id}/signatures/erste@example.org/sign`)));
+      post(`/signature-requests/${r.provider_id}/signatures/erste@example.org/sign`)));
   }
   await until('first signatures recorded', async () => (await admin.query(
     `SELECT count(*)::int AS c FROM qes_sign.signers s WHERE s.request_id = ANY($1)

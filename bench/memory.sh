@@ -83,9 +83,9 @@ async function lifecycles(db, k) {
          FROM generate_series(1, $1) g`, [b, done]);
     const ids = rows.map((r) => r.id);
     await until(db, 'submitted', `SELECT count(*)::int AS c FROM qes_sign.signatur_anfragen
-                                   WHERE id = ANY($1) AND skribble_id IS NOT NULL`, [ids], b);
-    const { rows: srs } = await db.query('SELECT skribble_id FROM qes_sign.signatur_anfragen WHERE id = ANY($1)', [ids]);
-    await Promise.all(srs.map((r) => sign(r.skribble_id)));
+                                   WHERE id = ANY($1) AND provider_id IS NOT NULL`, [ids], b);
+    const { rows: srs } = await db.query('SELECT provider_id FROM qes_sign.signatur_anfragen WHERE id = ANY($1)', [ids]);
+    await Promise.all(srs.map((r) => sign(r.provider_id)));
     await until(db, 'archiviert', `SELECT count(*)::int AS c FROM qes_sign.signatur_anfragen
                                     WHERE id = ANY($1) AND status = 'archiviert'`, [ids], b);
     done += b;

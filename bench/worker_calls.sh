@@ -34,7 +34,7 @@ ceiling() {
     local token sr
     token=$(curl -s -X POST "$double/v2/access/login" -H 'Content-Type: application/json' \
         -d '{"username": "api_demo_qes_sign", "api-key": "test-key"}')
-    sr=$(q "SELECT skribble_id FROM qes_sign.signatur_anfragen LIMIT 1")
+    sr=$(q "SELECT provider_id FROM qes_sign.signatur_anfragen LIMIT 1")
     wrk -t2 -c64 -d"$1"s -H "Authorization: Bearer $token" -H 'Accept: application/json' \
         "$double/v2/signature-requests/$sr" | awk '/Requests\/sec/ {print $2}'
 }

@@ -199,12 +199,12 @@ async function main() {
   await portalSees(undefined, false);
 
   /* the worker sends it to Skribble as soon as create_request commits */
-  const sent = await until('Der Worker übergibt die Anfrage an Skribble (skribble_id)', async () => {
+  const sent = await until('Der Worker übergibt die Anfrage an Skribble (provider_id)', async () => {
     const { rows } = await portal.query(
-      'SELECT skribble_id, sent_at FROM qes_sign.signatur_anfragen WHERE id = $1', [requestId]);
-    return rows[0].skribble_id && rows[0];
+      'SELECT provider_id, sent_at FROM qes_sign.signatur_anfragen WHERE id = $1', [requestId]);
+    return rows[0].provider_id && rows[0];
   });
-  skribbleId = sent.value.skribble_id;
+  skribbleId = sent.value.provider_id;
   const sr = await control('GET', `/signature-requests/${skribbleId}`);
   say();
   say(`== ${berlin(sent.value.sent_at)} der Worker hat die Anfrage an Skribble übergeben   [${sent.ms} ms nach dem COMMIT]`);
@@ -343,7 +343,7 @@ async function diagnose() {
   try {
     if (requestId) {
       const { rows: r } = await admin.query(
-        `SELECT status, skribble_id, skribble_status, sent_at, synced_at FROM qes_sign.signatur_anfragen WHERE id = $1`, [requestId]);
+        `SELECT status, provider_id, provider_status, sent_at, synced_at FROM qes_sign.signatur_anfragen WHERE id = $1`, [requestId]);
       say('signatur_anfragen:');
       table(r);
     }

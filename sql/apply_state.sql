@@ -7,9 +7,9 @@
 --
 SELECT regress.request(regress.uuid(21), 3);
 CREATE VIEW regress.state AS
-SELECT a.id, a.status, a.skribble_id, a.document_id, a.skribble_status, a.sent_at, a.first_viewed_at,
+SELECT a.id, a.status, a.provider_id, a.document_id, a.provider_status, a.sent_at, a.first_viewed_at,
        a.completed_at, a.cancel_reason,
-       (SELECT string_agg(format('%s %s/%s sid=%s', s.email, s.status, s.skribble_status, s.sid), E'\n' ORDER BY s.position)
+       (SELECT string_agg(format('%s %s/%s sid=%s', s.email, s.status, s.provider_status, s.provider_signer_id), E'\n' ORDER BY s.position)
           FROM qes_sign.signers s WHERE s.request_id = a.id AND s.status <> 'replaced') AS signers,
        (SELECT count(*) FROM qes_sign.audit_log l WHERE l.request_id = a.id) AS audit_entries,
        (SELECT string_agg(w.kind, ',' ORDER BY w.id) FROM qes_sign.work_items w WHERE w.request_id = a.id) AS work
@@ -144,7 +144,7 @@ SELECT regress.request(regress.uuid(26));
 SELECT qes_sign.apply_signature_request(regress.uuid(26), '{"id": "sr-26", "status_overall": "ARCHIVING", "signatures": [
    {"sid": "s-26-1", "signer_identity_data": {"email_address": "signer1@example.org"}, "status_code": "IDENTIFYING"},
    {"sid": "s-26-2", "signer_identity_data": {"email_address": "signer2@example.org"}, "status_code": "OPEN"}]}');
-SELECT status, skribble_status, signers FROM regress.state WHERE id = regress.uuid(26);
+SELECT status, provider_status, signers FROM regress.state WHERE id = regress.uuid(26);
 SELECT event, detail FROM qes_sign.timeline(regress.uuid(26)) WHERE event LIKE 'unknown%';
 
 -- 10. ordered signing: later signers wait
@@ -164,5 +164,5 @@ SELECT regress.try($$SELECT qes_sign.apply_signature_request(regress.uuid(26), '
 SELECT regress.try($$SELECT qes_sign.apply_signature_request(regress.uuid(26), '{"id": "sr-26", "signatures": {}}')$$);
 SELECT regress.try($$SELECT qes_sign.apply_signature_request(regress.uuid(26), '{"id": "sr-26", "signatures": [{"sid": "s-26-1", "status_code": "SIGNED", "signed_at": "gestern"}]}')$$);
 SELECT regress.try($$SELECT qes_sign.apply_signature_request(regress.uuid(999), '{"id": "x", "signatures": []}')$$);
-SELECT status, skribble_status, signers FROM regress.state WHERE id = regress.uuid(26);
+SELECT status, provider_status, signers FROM regress.state WHERE id = regress.uuid(26);
 RESET TimeZone;

@@ -15,7 +15,7 @@ SELECT qes_sign.create_request('hv-eppendorf', 'Mietvertrag Eppendorfer Weg 12, 
 
 SELECT verwaltung, vorgangstyp, title, message, status, quality, legislation, ordered,
        document_size, document_sha256 = sha256(document) AS digest_ok, created_by,
-       expires_at - created_at AS lifetime, sent_at, skribble_id
+       expires_at - created_at AS lifetime, sent_at, provider_id
   FROM qes_sign.signatur_anfragen WHERE id = regress.uuid(201);
 -- names are trimmed, addresses lower-cased, the caller's order kept
 SELECT position, email, first_name, last_name, language, mobile, sequence, status

@@ -53,7 +53,7 @@ SELECT regress.reply(regress.uuid(701), 'submit', 'search', 200, regress.others(
 SELECT path FROM regress.claim();
 SELECT regress.reply(regress.uuid(701), 'submit', 'search', 200,
     '[' || regress.sr(regress.uuid(701), 'OPEN', '{OPEN,OPEN}')::text || ']');
-SELECT status, skribble_id FROM qes_sign.signatur_anfragen WHERE id = regress.uuid(701);
+SELECT status, provider_id FROM qes_sign.signatur_anfragen WHERE id = regress.uuid(701);
 SELECT event, detail FROM qes_sign.timeline(regress.uuid(701)) WHERE event = 'create_recovered';
 -- a Skribble counting from 0 answers page 0; one that ignores the paging
 -- (the same page again) ends the reading instead of looping
@@ -142,7 +142,7 @@ SELECT qes_sign.apply_signature_request(regress.uuid(731),
                'signed_at', '2026-03-19T09:40:00.000Z',
                'signer_identity_data', jsonb_build_object('email_address', 'Dritte@example.org',
                                                           'first_name', 'Dora', 'last_name', 'Dritte')))));
-SELECT email, status, sid FROM qes_sign.signers WHERE request_id = regress.uuid(731) ORDER BY id;
+SELECT email, status, provider_signer_id AS sid FROM qes_sign.signers WHERE request_id = regress.uuid(731) ORDER BY id;
 SELECT event, detail ->> 'signer' AS signer FROM qes_sign.timeline(regress.uuid(731))
  WHERE event IN ('signer_added_at_skribble', 'signer_not_at_skribble', 'status_vollstaendig') ORDER BY seq;
 -- ... and our rows alone never complete a request Skribble reports OPEN

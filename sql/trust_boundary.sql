@@ -27,7 +27,8 @@ INSERT INTO regress.hijack_args (name, expr) VALUES
     ('url', quote_literal(qes_sign.callback_url(regress.uuid(901), 'update'))),
     ('sr', quote_literal(regress.sr(regress.uuid(901), 'OPEN', '{OPEN,OPEN}'))),
     ('role', $$'regress_attacker'$$), ('message', 'NULL'), ('vorgangstyp', $$'mietvertrag'$$),
-    ('ordered', 'false'), ('expires_in', 'NULL'), ('restarted_from', 'NULL'), ('anchors', '20');
+    ('ordered', 'false'), ('expires_in', 'NULL'), ('restarted_from', 'NULL'), ('anchors', '20'),
+    ('provider', 'NULL');
 INSERT INTO regress.hijack_args VALUES ('id', 'NULL', 'create_request');
 GRANT SELECT ON regress.hijack_args TO PUBLIC;
 

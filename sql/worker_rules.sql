@@ -77,9 +77,9 @@ SELECT b ->> 'title' AS title, b ->> 'quality' AS quality, b ->> 'legislation' A
          WHERE a.id = regress.uuid(301)) x;
 SELECT * FROM regress.work(regress.uuid(301));   -- posted: the outcome counts from now
 SELECT regress.answer(regress.uuid(301), 'create', 200, :'create_json');
-SELECT status, skribble_id, document_id, synced_at IS NOT NULL AS synced FROM qes_sign.signatur_anfragen
+SELECT status, provider_id, document_id, synced_at IS NOT NULL AS synced FROM qes_sign.signatur_anfragen
  WHERE id = regress.uuid(301);
-SELECT email, status, sid FROM qes_sign.signers WHERE request_id = regress.uuid(301) ORDER BY position;
+SELECT email, status, provider_signer_id AS sid FROM qes_sign.signers WHERE request_id = regress.uuid(301) ORDER BY position;
 SELECT * FROM regress.work(regress.uuid(301));
 
 -- 2. A create whose answer was lost is looked up by custom before it is
@@ -98,7 +98,7 @@ SELECT * FROM regress.claim();
 SELECT regress.answer(regress.uuid(302), 'search', 200,
                       '[{"id": "other", "custom": "somebody else", "signatures": []}, ' ||
                       replace(:'create_json', '111b334e', '222b334e') || ']');
-SELECT status, skribble_id FROM qes_sign.signatur_anfragen WHERE id = regress.uuid(302);
+SELECT status, provider_id FROM qes_sign.signatur_anfragen WHERE id = regress.uuid(302);
 SELECT event FROM qes_sign.timeline(regress.uuid(302));
 SELECT * FROM regress.work(regress.uuid(302));
 

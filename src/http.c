@@ -73,6 +73,7 @@ qes_call_new(MemoryContext parent, const char *kind, const char *method,
 	call->kind = MemoryContextStrdup(cxt, kind);
 	call->method = MemoryContextStrdup(cxt, method);
 	call->url = MemoryContextStrdup(cxt, url);
+	call->service = "";
 	return call;
 }
 
@@ -119,13 +120,14 @@ qes_call_set_data(QesCall *call, bytea *data)
 }
 
 /*
- * qes_call_add_headers appends the non-null "Name: value" lines of a text
- * array to the headers SQL gives a call.
+ * text_lines copies the non-null elements of a text array into the call's
+ * context.
  */
-void
-qes_call_add_headers(QesCall *call, ArrayType *lines)
+static List *
+text_lines(QesCall *call, ArrayType *lines)
 {
 	MemoryContext old = MemoryContextSwitchTo(call->cxt);
+	List	   *out = NIL;
 	Datum	   *elems;
 	bool	   *enulls;
 	int			n;
@@ -133,8 +135,42 @@ qes_call_add_headers(QesCall *call, ArrayType *lines)
 	deconstruct_array(lines, TEXTOID, -1, false, TYPALIGN_INT, &elems, &enulls, &n);
 	for (int i = 0; i < n; i++)
 		if (!enulls[i])
-			call->headers_in = lappend(call->headers_in, TextDatumGetCString(elems[i]));
+			out = lappend(out, TextDatumGetCString(elems[i]));
 	MemoryContextSwitchTo(old);
+	return out;
+}
+
+/*
+ * qes_call_add_headers appends the non-null "Name: value" lines of a text
+ * array to the headers SQL gives a call.
+ */
+void
+qes_call_add_headers(QesCall *call, ArrayType *lines)
+{
+	call->headers_in = list_concat(call->headers_in, text_lines(call, lines));
+}
+
+/*
+ * qes_call_add_form makes the call a multipart/form-data POST: each line
+ * "name=value" is a part, "name@filename" the call's data as a file.
+ */
+void
+qes_call_add_form(QesCall *call, ArrayType *parts)
+{
+	call->form = list_concat(call->form, text_lines(call, parts));
+}
+
+/*
+ * qes_join_url joins an API base and a path (palloc'd).
+ */
+char *
+qes_join_url(const char *base, const char *path)
+{
+	size_t		len = strlen(base);
+
+	while (len > 0 && base[len - 1] == '/')
+		len--;
+	return psprintf("%.*s%s", (int) len, base, path);
 }
 
 /*
@@ -195,6 +231,43 @@ qes_add_header(struct curl_slist *h, const char *fmt, const char *value)
 }
 
 /*
+ * make_form builds the call's multipart body with libcurl's MIME API: a
+ * part "name=value" is a field, "name@filename" the call's data as a file
+ * (typed by its extension).  libcurl sets the boundary and Content-Type.
+ */
+static curl_mime *
+make_form(QesCall *call)
+{
+	ListCell   *lc;
+
+	call->mime = curl_mime_init(call->easy);
+	foreach(lc, call->form)
+	{
+		char	   *line = lfirst(lc);
+		size_t		n = strcspn(line, "=@");
+		curl_mimepart *part = curl_mime_addpart(call->mime);
+		char	   *name = pnstrdup(line, n);
+
+		curl_mime_name(part, name);
+		if (line[n] == '@')
+		{
+			const char *file = line + n + 1;
+			size_t		flen = strlen(file);
+
+			curl_mime_data(part, call->body ? call->body : "",
+						   call->body ? call->body_len : 0);
+			curl_mime_filename(part, file);
+			curl_mime_type(part, flen > 4 && pg_strcasecmp(file + flen - 4, ".pdf") == 0 ?
+						   "application/pdf" : "application/octet-stream");
+		}
+		else
+			curl_mime_data(part, line[n] ? line + n + 1 : "", CURL_ZERO_TERMINATED);
+		pfree(name);
+	}
+	return call->mime;
+}
+
+/*
  * set_request puts headers and body of a call on its easy handle: SQL's
  * headers first, then the defaults it did not give, each header once.
  */
@@ -211,7 +284,8 @@ set_request(QesCall *call, const char *bearer)
 		h = curl_slist_append(h, "Accept: application/json");
 	if (call->content_type && !has_header(call, "Content-Type"))
 		h = qes_add_header(h, "Content-Type: %s", call->content_type);
-	else if (!call->headers_signed && call->body == NULL && strcmp(call->method, "GET") != 0 &&
+	else if (!call->headers_signed && call->body == NULL && call->form == NIL &&
+			 strcmp(call->method, "GET") != 0 &&
 			 strcmp(call->method, "HEAD") != 0)
 		h = curl_slist_append(h, "Content-Type:");	/* no libcurl form type without a form */
 	/*
@@ -238,9 +312,14 @@ set_request(QesCall *call, const char *bearer)
 		 * Skribble.  A fresh connection is never retried that way.
 		 */
 		curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
-		curl_easy_setopt(e, CURLOPT_POSTFIELDS, call->body ? call->body : "");
-		curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
-						 (curl_off_t) (call->body ? call->body_len : 0));
+		if (call->form != NIL)
+			curl_easy_setopt(e, CURLOPT_MIMEPOST, make_form(call));
+		else
+		{
+			curl_easy_setopt(e, CURLOPT_POSTFIELDS, call->body ? call->body : "");
+			curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
+							 (curl_off_t) (call->body ? call->body_len : 0));
+		}
 		if (strcmp(call->method, "POST") != 0)
 			curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, call->method);
 	}
@@ -383,6 +462,11 @@ qes_http_release(QesCall *call)
 	{
 		curl_slist_free_all(call->headers);
 		call->headers = NULL;
+	}
+	if (call->mime)
+	{
+		curl_mime_free(call->mime);
+		call->mime = NULL;
 	}
 }
 

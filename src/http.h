@@ -2,7 +2,8 @@
  *
  * http.h
  *		The worker's HTTP layer (http.c, no service in it), the archive
- *		bucket's calls (s3.c) and the Skribble client (skribble.c).
+ *		bucket's calls (s3.c), the Skribble client's session (skribble.c)
+ *		and Yousign's calls (yousign.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -34,6 +35,9 @@ typedef struct QesCall
 	size_t		body_len;
 	const char *content_type;
 	List	   *headers_in;		/* extra "Name: value" lines from SQL */
+	List	   *form;			/* multipart parts "name=value", "name@file" = body */
+	const char *service;		/* skribble, yousign or s3: whose rules apply */
+	const char *bearer;			/* a static API key; NULL: the session token */
 	/* a service's own authentication (S3: SigV4), else the bearer token */
 	struct curl_slist *(*sign) (struct QesCall *call, struct curl_slist *h);
 	bool		headers_signed; /* every header is signed: none is blanked */
@@ -43,6 +47,7 @@ typedef struct QesCall
 	/* what came back */
 	CURL	   *easy;
 	struct curl_slist *headers;
+	curl_mime  *mime;
 	CURLcode	result;
 	long		status;
 	curl_off_t	retry_after;	/* seconds, 0 if none */
@@ -74,6 +79,13 @@ extern struct curl_slist *qes_add_header(struct curl_slist *h, const char *fmt,
 extern void qes_call_set_data(QesCall *call, bytea *data);
 extern void qes_call_add_headers(QesCall *call, ArrayType *lines);
 extern bytea *qes_call_body(QesCall *call);
+extern void qes_call_add_form(QesCall *call, ArrayType *parts);
+extern char *qes_join_url(const char *base, const char *path);
+
+/* yousign.c */
+extern bool qes_yousign_ready(void);
+extern QesCall *qes_yousign_call(MemoryContext parent, const char *kind,
+								 const char *method, const char *path);
 
 /* s3.c */
 extern QesCall *qes_s3_call(MemoryContext parent, const char *kind, const char *method,
@@ -86,7 +98,7 @@ extern QesCall *qes_skribble_login_call(MemoryContext parent);
 extern bool qes_skribble_take_login(QesCall *call);
 extern bool qes_skribble_auth_failed(QesCall *call);
 extern void qes_skribble_forget_token(int generation);
-extern char *qes_api_url(const char *path);
+extern bool qes_skribble_configured(void);
 extern char *qes_json_top_field(const char *json, size_t len, const char *field);
 
 #endif							/* QES_HTTP_H */

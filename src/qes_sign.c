@@ -25,6 +25,13 @@ char	   *qes_skribble_username = NULL;
 char	   *qes_skribble_api_key = NULL;
 int			qes_legislation = 0;
 
+/* providers */
+int			qes_provider = 0;
+char	   *qes_yousign_url = NULL;
+char	   *qes_yousign_api_key = NULL;
+char	   *qes_yousign_webhook_secrets = NULL;
+int			qes_yousign_poll_budget = 600;
+
 /* callbacks and webhooks */
 char	   *qes_callback_base_url = NULL;
 char	   *qes_callback_secret = NULL;
@@ -64,6 +71,12 @@ static const struct config_enum_entry legislation_options[] = {
 	{"ZERTES", 1, false},
 	{"eidas", 0, true},
 	{"zertes", 1, true},
+	{NULL, 0, false}
+};
+
+static const struct config_enum_entry provider_options[] = {
+	{"skribble", 0, false},
+	{"yousign", 1, false},
 	{NULL, 0, false}
 };
 
@@ -108,6 +121,23 @@ _PG_init(void)
 							 "Legislation for QES and AES_MINIMAL requests.",
 							 NULL, &qes_legislation, 0, legislation_options,
 							 PGC_SIGHUP, 0, NULL, NULL, NULL);
+	DefineCustomEnumVariable("qes_sign.provider",
+							 "Trust service of requests created without provider.",
+							 NULL, &qes_provider, 0, provider_options,
+							 PGC_USERSET, 0, NULL, NULL, NULL);
+	define_string("qes_sign.yousign_url", "Base URL of the Yousign API v3.",
+				  &qes_yousign_url, "https://api.yousign.app/v3", PGC_SIGHUP,
+				  0, check_http_url);
+	define_string("qes_sign.yousign_api_key", "Yousign API key.",
+				  &qes_yousign_api_key, "", PGC_SIGHUP, SECRET_FLAGS, NULL);
+	define_string("qes_sign.yousign_webhook_secrets",
+				  "Secrets of the Yousign webhook subscriptions, comma-separated.",
+				  &qes_yousign_webhook_secrets, "", PGC_SIGHUP, SECRET_FLAGS, NULL);
+	DefineCustomIntVariable("qes_sign.yousign_poll_budget",
+							"Yousign calls per hour that reconciliation may spend.",
+							"Webhooks make polling rare; Yousign allows 1,200 calls an hour in production, 200 in the sandbox.",
+							&qes_yousign_poll_budget, 600, 0, 1000000,
+							PGC_SIGHUP, 0, NULL, NULL, NULL);
 	define_string("qes_sign.callback_base_url",
 				  "Public base URL of the portal's callback endpoint.",
 				  &qes_callback_base_url, "", PGC_SIGHUP, 0, check_http_url);

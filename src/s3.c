@@ -95,6 +95,7 @@ qes_s3_call(MemoryContext parent, const char *kind, const char *method,
 	MemoryContext old = MemoryContextSwitchTo(call->cxt);
 
 	call->url = qes_s3_url(bucket, key);
+	call->service = "s3";
 	call->sign = s3_sign;
 	call->headers_signed = true;
 	MemoryContextSwitchTo(old);

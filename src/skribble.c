@@ -33,16 +33,12 @@ static TimestampTz token_renew_at = 0;
 static int	token_generation = 0;
 
 /*
- * qes_api_url joins the API base and a path (palloc'd).
+ * qes_skribble_configured: credentials are set, so the worker logs in.
  */
-char *
-qes_api_url(const char *path)
+bool
+qes_skribble_configured(void)
 {
-	size_t		len = strlen(qes_skribble_url);
-
-	while (len > 0 && qes_skribble_url[len - 1] == '/')
-		len--;
-	return psprintf("%.*s%s", (int) len, qes_skribble_url, path);
+	return qes_skribble_username[0] != '\0' && qes_skribble_api_key[0] != '\0';
 }
 
 bool
@@ -84,8 +80,9 @@ qes_skribble_login_call(MemoryContext parent)
 	MemoryContext old;
 
 	call = qes_call_new(parent, "login", "POST", "");
+	call->service = "skribble";
 	old = MemoryContextSwitchTo(call->cxt);
-	call->url = qes_api_url("/access/login");
+	call->url = qes_join_url(qes_skribble_url, "/access/login");
 	initStringInfo(&body);
 	appendStringInfoString(&body, "{\"username\":");
 	escape_json(&body, qes_skribble_username);

@@ -63,6 +63,7 @@ static MemoryContext loop_cxt = NULL;
 static SPIPlanPtr record_plan = NULL;
 static SPIPlanPtr unapplied_plan = NULL;
 static SPIPlanPtr claim_plan = NULL;
+static SPIPlanPtr next_due_plan = NULL;
 
 PGDLLEXPORT void qes_worker_main(Datum arg);
 
@@ -275,6 +276,26 @@ record_one(QesCall *call)
 }
 
 /*
+ * new_call makes the call of one target: the bucket (SigV4), Yousign (its
+ * API key) or Skribble (the session token, added when it is sent).
+ */
+static QesCall *
+new_call(WorkerState *st, const char *target, const char *kind,
+		 const char *method, const char *path)
+{
+	QesCall    *call;
+
+	if (strcmp(target, "s3") == 0)
+		return qes_s3_call(st->calls_cxt, kind, method, qes_s3_bucket, path);
+	if (strcmp(target, "yousign") == 0)
+		return qes_yousign_call(st->calls_cxt, kind, method, path);
+	call = qes_call_new(st->calls_cxt, kind, method, "");
+	call->url = MemoryContextStrdup(call->cxt, qes_join_url(qes_skribble_url, path));
+	call->service = "skribble";
+	return call;
+}
+
+/*
  * call_from_row turns one row of qes_sign._claim into a call, in its own
  * context under the worker's calls context (it outlives the transaction).
  */
@@ -283,19 +304,17 @@ call_from_row(WorkerState *st, HeapTuple tup, TupleDesc desc)
 {
 	bool		isnull;
 	char	   *kind = SPI_getvalue(tup, desc, 2);
+	char	   *target = SPI_getvalue(tup, desc, 3);
 	char	   *method = SPI_getvalue(tup, desc, 4);
 	char	   *path = SPI_getvalue(tup, desc, 5);
-	bool		s3 = strcmp(SPI_getvalue(tup, desc, 3), "s3") == 0;
-	QesCall    *call = s3 ? qes_s3_call(st->calls_cxt, kind, method, qes_s3_bucket, path) :
-		qes_call_new(st->calls_cxt, kind, method, "");
+	QesCall    *call = new_call(st, target, kind, method, path);
 	MemoryContext old = MemoryContextSwitchTo(call->cxt);
 	Datum		body;
 	Datum		data;
 	Datum		headers;
+	Datum		form;
 
 	call->item_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-	if (!s3)
-		call->url = qes_api_url(path);
 	body = SPI_getbinval(tup, desc, 6, &isnull);
 	if (!isnull)
 	{
@@ -309,8 +328,29 @@ call_from_row(WorkerState *st, HeapTuple tup, TupleDesc desc)
 	headers = SPI_getbinval(tup, desc, 8, &isnull);
 	if (!isnull)
 		qes_call_add_headers(call, DatumGetArrayTypeP(headers));
+	form = SPI_getbinval(tup, desc, 9, &isnull);
+	if (!isnull)
+		qes_call_add_form(call, DatumGetArrayTypeP(form));
 	MemoryContextSwitchTo(old);
 	return call;
+}
+
+/*
+ * ready_targets lists the providers whose calls can be sent now, for
+ * qes_sign._claim and _next_due: Skribble with a session token, Yousign
+ * with an API key.  The bucket's calls never wait for either.
+ */
+static Datum
+ready_targets(void)
+{
+	Datum		names[2];
+	int			n = 0;
+
+	if (qes_skribble_have_token())
+		names[n++] = CStringGetTextDatum("skribble");
+	if (qes_yousign_ready())
+		names[n++] = CStringGetTextDatum("yousign");
+	return PointerGetDatum(construct_array(names, n, TEXTOID, -1, false, TYPALIGN_INT));
 }
 
 /*
@@ -320,11 +360,11 @@ call_from_row(WorkerState *st, HeapTuple tup, TupleDesc desc)
 static int
 claim(WorkerState *st, int n, dlist_head *claimed)
 {
-	Oid			types[1] = {INT4OID};
-	Datum		values[1] = {Int32GetDatum(n)};
+	Oid			types[2] = {INT4OID, TEXTARRAYOID};
+	Datum		values[2] = {Int32GetDatum(n), ready_targets()};
 	SPIPlanPtr	plan = qes_keep_plan(&claim_plan,
-									 "SELECT item_id, kind, target, method, path, body, data, headers "
-									 "FROM qes_sign._claim($1)", 1, types);
+									 "SELECT item_id, kind, target, method, path, body, data, headers, form "
+									 "FROM qes_sign._claim($1, $2)", 2, types);
 	uint64		rows;
 
 	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_SELECT)
@@ -342,10 +382,13 @@ claim(WorkerState *st, int n, dlist_head *claimed)
 static long
 next_claim_in(void)
 {
+	Oid			types[1] = {TEXTARRAYOID};
+	Datum		values[1] = {ready_targets()};
 	bool		isnull;
 	Datum		ms;
 
-	if (SPI_execute("SELECT qes_sign._next_due()", true, 1) != SPI_OK_SELECT)
+	if (SPI_execute_plan(qes_keep_plan(&next_due_plan, "SELECT qes_sign._next_due($1)", 1, types),
+						 values, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "qes_sign._next_due failed");
 	ms = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	if (isnull)
@@ -382,7 +425,7 @@ start(WorkerState *st, dlist_head *calls)
 
 		dlist_delete(it.cur);
 		call->token_gen = gen;
-		if (!qes_http_start(call, token))
+		if (!qes_http_start(call, call->bearer ? call->bearer : token))
 			dlist_push_tail(&st->unsent, &call->node);
 	}
 }
@@ -398,7 +441,7 @@ step(WorkerState *st, dlist_head *done)
 	bool		tick = now >= st->next_tick;
 	int			room = qes_max_concurrency - qes_http_in_flight() -
 		list_length_dl(&st->waiting);
-	bool		want = qes_skribble_have_token() && room > 0 &&
+	bool		want = room > 0 &&
 		(st->claim_now || now >= st->next_claim || !dlist_is_empty(done));
 	dlist_head	claimed;
 	dlist_mutable_iter it;
@@ -411,7 +454,7 @@ step(WorkerState *st, dlist_head *done)
 	{
 		SPI_execute("SELECT qes_sign._config_reloaded()", false, 0);
 		st->reloaded = false;
-		want = qes_skribble_have_token() && room > 0;
+		want = room > 0;
 	}
 	dlist_foreach_modify(it, done)
 	{
@@ -466,7 +509,8 @@ sort_answers(WorkerState *st, dlist_head *done)
 			qes_call_free(call);
 			st->login = NULL;
 		}
-		else if (!call->auth_retried && call->sign == NULL && qes_skribble_auth_failed(call))
+		else if (!call->auth_retried && strcmp(call->service, "skribble") == 0 &&
+				 qes_skribble_auth_failed(call))
 		{
 			dlist_delete(it.cur);
 			qes_skribble_forget_token(call->token_gen);
@@ -494,7 +538,7 @@ ensure_token(WorkerState *st)
 			start(st, &st->waiting);
 		return;
 	}
-	if (st->login || GetCurrentTimestamp() < st->next_login)
+	if (st->login || !qes_skribble_configured() || GetCurrentTimestamp() < st->next_login)
 		return;
 	st->login = qes_skribble_login_call(st->calls_cxt);
 	if (!qes_http_start(st->login, NULL))
@@ -523,12 +567,14 @@ wait_for_work(WorkerState *st, dlist_head *done)
 	}
 	else
 	{
-		/* without a token nothing can be claimed before the next login */
-		TimestampTz until = Min(st->next_tick, qes_skribble_have_token() ?
-								st->next_claim : st->next_login);
-		long		ms = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), until);
+		/* a login due wakes the worker too (Skribble's work waits for it) */
+		TimestampTz until = Min(st->next_tick, st->next_claim);
+		long		ms;
 		int			rc;
 
+		if (!qes_skribble_have_token() && qes_skribble_configured())
+			until = Min(until, st->next_login);
+		ms = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), until);
 		rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 					   Max(ms, 1), PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);

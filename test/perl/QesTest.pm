@@ -27,7 +27,8 @@ use Test::More;
 our @EXPORT = qw(scenario start_double start_relay stop_child qes_node ctl ctl_get ctl_post
   double_stats create_requests submitted_ok all_status_ok sign_all signer_action wait_until
   query_list in_list ops events worker_pid creates_once_ok test_pdf
-  start_s3 stop_s3 restart_s3 s3_check s3_log s3_ctl complete_requests);
+  start_s3 stop_s3 restart_s3 s3_check s3_log s3_ctl complete_requests
+  start_yousign yousign_hook ysr yousign_action yousign_pdf);
 
 my $repo = abs_path(dirname(__FILE__) . '/../..');
 my @children;    # every child process started here, killed at END
@@ -47,6 +48,18 @@ sub scenario
 }
 
 # A small valid PDF; $extra lands in the body (e.g. "/Encrypt" for a 406).
+# yousign_pdf(extra): a one-page PDF 1.7 (Yousign wants 1.6 or later and a
+# page for each signature field)
+sub yousign_pdf
+{
+	my ($extra) = @_;
+	$extra //= '';
+	return "%PDF-1.7\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R >>\nendobj\n"
+	  . "2 0 obj\n<< /Type /Pages /Kids [3 0 R] /Count 1 >>\nendobj\n"
+	  . "3 0 obj\n<< /Type /Page /Parent 2 0 R /MediaBox [0 0 595 842] >>\nendobj\n$extra"
+	  . "trailer\n<< /Root 1 0 R >>\n%%EOF\n";
+}
+
 sub test_pdf
 {
 	my ($extra) = @_;
@@ -139,6 +152,59 @@ sub start_double
 	return $d;
 }
 
+# start_yousign(option => value, ...): the Yousign double on a free port
+# (rate limits off and fast webhook retries unless given); returns {pid,
+# port, url => http://127.0.0.1:port, secret}.  Its webhooks go nowhere
+# until yousign_hook points them at a node's relay.
+sub start_yousign
+{
+	my (%opt) = @_;
+	$opt{'rate-per-minute'} //= 0;
+	$opt{'rate-per-hour'} //= 0;
+	$opt{'webhook-retry-schedule-ms'} //= '200,400,800,1600';
+	$opt{'webhook-secret'} //= 'tap-yousign-webhook-secret-0123';
+	$opt{'audit-trail-delay-ms'} //= 200;
+	my @args = map { ("--$_", $opt{$_}) } sort keys %opt;
+	push @args, '--verbose' if $ENV{QES_DOUBLE_VERBOSE};
+	my $d = start_child('yousign',
+		'node', "$repo/test/yousign_double/server.js", '--port', 0, @args);
+	$d->{url} = "http://127.0.0.1:$d->{port}";
+	$d->{secret} = $opt{'webhook-secret'};
+	return $d;
+}
+
+# yousign_hook(double, node): the double's webhooks go to the node's relay
+sub yousign_hook
+{
+	my ($y, $node) = @_;
+	ctl_post($y, 'webhook', { url => "http://127.0.0.1:$node->{relay}{port}/qes/webhook" });
+	return;
+}
+
+# ysr(double, request id): the double's stored request of ours (by
+# external_id), or undef
+sub ysr
+{
+	my ($y, $id) = @_;
+	my $all = ctl_get($y, "requests?external_id=$id");
+	$all = $all->{data} if ref $all eq 'HASH';
+	my @live = grep { $_->{status} ne 'deleted' } @{ $all // [] };
+	return $live[0];
+}
+
+# yousign_action(double, yousign id, email, open|identify|sign|decline, body): the HTTP status
+sub yousign_action
+{
+	my ($y, $sr, $email, $action, $body) = @_;
+	my $res = $http->request('POST',
+		"$y->{url}/_control/signature_requests/$sr/signers/$email/$action",
+		{
+			headers => { 'Content-Type' => 'application/json' },
+			content => $json->encode($body // {})
+		});
+	return $res->{status};
+}
+
 # start_relay(node): the callback relay, connected (lazily) to the node's postgres database.
 sub start_relay
 {
@@ -149,7 +215,7 @@ sub start_relay
 		'node', "$repo/test/relay/relay.js", '--port', 0, '--db', $db, '--verbose', @extra);
 }
 
-# qes_node(name, double => $d, relay => 1, streaming => 0, s3 => $s3, conf => {guc => value}):
+# qes_node(name, double => $d, yousign => $y, relay => 1, streaming => 0, s3 => $s3, conf => {guc => value}):
 # a started node with the worker configured against the double (and with
 # s3 => start_s3(...) against that bucket), qes_sign
 # created in database postgres; the relay (unless relay => 0) is
@@ -168,15 +234,22 @@ sub qes_node
 	my %conf = (
 		shared_preload_libraries      => "'qes_sign'",
 		'qes_sign.database'           => "'postgres'",
-		'qes_sign.skribble_url'       => "'$o{double}{url}/v2'",
-		'qes_sign.skribble_username'  => "'api_demo_qes_sign'",
-		'qes_sign.skribble_api_key'   => "'test-key'",
+		$o{double}
+		? ('qes_sign.skribble_url'      => "'$o{double}{url}/v2'",
+			'qes_sign.skribble_username' => "'api_demo_qes_sign'",
+			'qes_sign.skribble_api_key'  => "'test-key'")
+		: (),
 		'qes_sign.callback_base_url'  => "'http://127.0.0.1:$relay_port/qes/callback'",
 		'qes_sign.callback_secret'    => "'tap-test-callback-secret-0123456789abcdef'",
 		'qes_sign.reconcile_interval' => "'1h'",
 		'qes_sign.retry_base_delay'   => "'100ms'",
 		'qes_sign.http_timeout'       => "'2s'",
 		'qes_sign.worker_restart_delay' => 1,
+		$o{yousign}
+		? ('qes_sign.yousign_url'             => "'$o{yousign}{url}/v3'",
+			'qes_sign.yousign_api_key'         => "'test-key'",
+			'qes_sign.yousign_webhook_secrets' => "'$o{yousign}{secret}'")
+		: (),
 		$o{s3}
 		? ('qes_sign.s3_endpoint' => "'$o{s3}{url}'",
 			'qes_sign.s3_region'     => "'us-east-1'",
@@ -193,6 +266,7 @@ sub qes_node
 		join('', map { "$_ = $conf{$_}\n" } sort keys %conf));
 	$node->start;
 	$node->safe_psql('postgres', 'CREATE EXTENSION qes_sign CASCADE');
+	yousign_hook($o{yousign}, $node) if $o{yousign} && $node->{relay};
 	return $node;
 }
 
@@ -213,7 +287,7 @@ sub ctl_get  { return ctl('GET',  @_); }
 sub ctl_post { return ctl('POST', $_[0], $_[1], $_[2] // {}); }
 sub double_stats { return ctl_get($_[0], 'stats'); }
 
-# signer_action(double, skribble_id, email, view|sign|decline, body): returns the HTTP status.
+# signer_action(double, provider_id, email, view|sign|decline, body): returns the HTTP status.
 sub signer_action
 {
 	my ($d, $sr, $email, $action, $body) = @_;
@@ -240,14 +314,17 @@ sub create_requests
 {
 	my ($node, $n, %o) = @_;
 	my $k = $o{signers} // 2;
-	my $doc = unpack('H*', $o{document} // test_pdf());
+	my $yousign = ($o{provider} // '') eq 'yousign';
+	my $doc = unpack('H*', $o{document} // ($yousign ? yousign_pdf() : test_pdf()));
 	my $signers = join(', ',
 		map {
 			"jsonb_build_object('first_name', 'Signer', 'last_name', 'Nummer $_', "
 			  . "'email', 'signer$_\@example.org'"
+			  . ($yousign ? ", 'mobile', '+49 151 1000000$_'" : '')
 			  . ($o{ordered} ? ", 'sequence', $_" : '') . ')'
 		} 1 .. $k);
 	my $args = '';
+	$args .= ", provider => '$o{provider}'" if $o{provider};
 	$args .= ", ordered => true" if $o{ordered};
 	$args .= ", expires_in => interval '$o{expires_in}'" if $o{expires_in};
 	my $out = $node->safe_psql('postgres', qq{
@@ -283,7 +360,7 @@ sub submitted_ok
 	my ($node, $ids, $timeout, $name) = @_;
 	local $Test::Builder::Level = $Test::Builder::Level + 1;
 	ok(wait_until($node,
-			"SELECT count(*) FROM qes_sign.signatur_anfragen WHERE skribble_id IS NOT NULL AND id IN ("
+			"SELECT count(*) FROM qes_sign.signatur_anfragen WHERE provider_id IS NOT NULL AND id IN ("
 			  . in_list(@$ids) . ')', scalar(@$ids), $timeout),
 		$name // scalar(@$ids) . ' requests submitted to Skribble')
 	  or die "requests not submitted: nothing to go on with\n";
@@ -307,7 +384,7 @@ sub sign_all
 	my ($d, $node, $ids) = @_;
 	my $failed = 0;
 	for my $row (query_list($node, qq{
-		SELECT a.skribble_id, s.email FROM qes_sign.signatur_anfragen a
+		SELECT a.provider_id, s.email FROM qes_sign.signatur_anfragen a
 		  JOIN qes_sign.signers s ON s.request_id = a.id AND s.status <> 'replaced'
 		 WHERE a.id IN (} . in_list(@$ids) . q{)
 		 ORDER BY a.id, s.sequence NULLS FIRST, s.position}))

@@ -6,6 +6,9 @@
  * An HTTP server that receives Skribble's (or the test double's) callback
  * POSTs and hands each one, verbatim, to PostgreSQL over a real connection:
  *     SELECT * FROM qes_sign.receive_callback(<path and query>, <raw body>)
+ * and signed webhooks (Yousign's X-Yousign-Signature-256, Standard Webhooks)
+ * with their headers:
+ *     SELECT * FROM qes_sign.receive_webhook(<headers as JSON>, <raw body>)
  * It answers 200 with the receipt as JSON, 403 when the callback does not
  * verify (SQLSTATE 28000), and 503 on any other error, so the sender retries.
  *
@@ -53,7 +56,12 @@ const server = http.createServer((req, res) => {
   req.on('end', async () => {
     const body = Buffer.concat(chunks);
     try {
-      const { rows } = await pool.query('SELECT * FROM qes_sign.receive_callback($1, $2)', [req.url, body]);
+      // a signed webhook (Yousign's X-Yousign-Signature-256, Standard
+      // Webhooks): every header goes along; otherwise a signed callback URL
+      const signed = req.headers['x-yousign-signature-256'] !== undefined || req.headers['webhook-signature'] !== undefined;
+      const { rows } = signed
+        ? await pool.query('SELECT * FROM qes_sign.receive_webhook($1, $2)', [JSON.stringify(req.headers), body])
+        : await pool.query('SELECT * FROM qes_sign.receive_callback($1, $2)', [req.url, body]);
       log(req.method, req.url, '-> 200', JSON.stringify(rows[0]));
       reply(res, 200, rows[0]);
     } catch (err) {

@@ -97,7 +97,7 @@ sub rsign
 	my ($d, $node, $ids) = @_;
 	my $failed = 0;
 	my $out = rpsql($node, q{
-		SELECT a.skribble_id, s.email FROM qes_sign.signatur_anfragen a
+		SELECT a.provider_id, s.email FROM qes_sign.signatur_anfragen a
 		  JOIN qes_sign.signers s ON s.request_id = a.id AND s.status <> 'replaced'
 		 WHERE a.id IN (} . in_list(@$ids) . q{)
 		 ORDER BY a.id, s.sequence NULLS FIRST, s.position});
@@ -278,7 +278,7 @@ sub sign_in_batches
 		$before->(\@ids) if $before;
 		my @b = rcreate($node, scaled(50, 20), "$prefix-" . $batches++, 50);
 		push @ids, @b;
-		wait_until($node, "SELECT count(*) FROM qes_sign.signatur_anfragen WHERE skribble_id IS NOT NULL AND id IN ("
+		wait_until($node, "SELECT count(*) FROM qes_sign.signatur_anfragen WHERE provider_id IS NOT NULL AND id IN ("
 			  . in_list(@b) . ')', scalar(@b), $timeout)
 		  or die "batch not submitted: " . status_counts($node, \@b) . "\n";
 		my $refused = rsign($d, $node, \@b);

@@ -25,7 +25,7 @@ my $node = rnode('r03', $d, $s3);
 my $t0 = time;
 my @ids = rcreate($node, $n, 'R03', 50);
 my $list = in_list(@ids);
-ok(wait_until($node, "SELECT count(*) FROM qes_sign.signatur_anfragen WHERE skribble_id IS NOT NULL AND id IN ($list)",
+ok(wait_until($node, "SELECT count(*) FROM qes_sign.signatur_anfragen WHERE provider_id IS NOT NULL AND id IN ($list)",
 		$n, 120), "all $n submitted");
 # a tenth is signed first; S3 stops as soon as the first of them is archived,
 # while the others are being archived; the rest complete during the outage

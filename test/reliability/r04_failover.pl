@@ -41,7 +41,7 @@ my $t0 = time;
 # wave 1 (a fifth): submitted and signed, on its way to vollstaendig and the archive at the failover
 my $n1 = int($n / 5);
 my @w1 = rcreate($primary, $n1, 'R04a', 50);
-ok(wait_until($primary, "SELECT count(*) FROM qes_sign.signatur_anfragen WHERE skribble_id IS NOT NULL AND id IN ("
+ok(wait_until($primary, "SELECT count(*) FROM qes_sign.signatur_anfragen WHERE provider_id IS NOT NULL AND id IN ("
 		  . in_list(@w1) . ')', $n1, 60), "wave 1: $n1 submitted");
 my @signed = @w1;
 is(rsign($d, $primary, \@signed), 0, "wave 1: $n1 signed before the failover");
@@ -63,7 +63,7 @@ while (time < $deadline)
 	last if $stored >= @w2 / 3 && $in_flight > 0;
 	sleep 0.05;
 }
-my $on_primary = count_where($primary, "skribble_id IS NOT NULL AND id IN ($list)");
+my $on_primary = count_where($primary, "provider_id IS NOT NULL AND id IN ($list)");
 $primary->stop('immediate');
 my $t_fail = time;
 ctl_post($d, 'faults', {});
@@ -74,7 +74,7 @@ note(sprintf('primary stopped (immediate) at +%.1f s: %d calls in flight at the 
 	  . '%d recorded on the primary', $t_fail - $t0, $in_flight, $sent, $on_primary));
 
 # what the standby knows at the failover (it is readable before the promotion)
-my $recorded = count_where($standby, "skribble_id IS NOT NULL AND id IN ($list)");
+my $recorded = count_where($standby, "provider_id IS NOT NULL AND id IN ($list)");
 my $posted_open = rpsql($standby, "SELECT count(*) FROM qes_sign.work_items WHERE kind = 'submit' AND state = 'pending' "
 	  . "AND payload ? 'posted' AND request_id IN ($list)");
 my $unknown = $sent - $recorded;
@@ -92,7 +92,7 @@ QesTest::start_child('relay_standby', 'node', "$FindBin::RealBin/../relay/relay.
 	'--db', sprintf('host=%s port=%s dbname=postgres user=%s', $standby->host, $standby->port, $user), '--verbose');
 $standby->promote;
 my $t_prom = time;
-ok(wait_until($standby, "SELECT count(*) FROM qes_sign.signatur_anfragen WHERE skribble_id IS NOT NULL AND id IN ($list)",
+ok(wait_until($standby, "SELECT count(*) FROM qes_sign.signatur_anfragen WHERE provider_id IS NOT NULL AND id IN ($list)",
 		$n, scaled(300, 120)), "the new primary has all $n submitted")
   or diag('status: ' . status_counts($standby, \@ids));
 my %done = map { $_ => 1 } @signed;

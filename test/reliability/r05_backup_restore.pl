@@ -64,7 +64,7 @@ sub sign_at_double
 	my ($node, $db, $ids, $action, $only) = @_;
 	my $bad = 0;
 	for my $row (split /\n/, $node->safe_psql($db, qq{
-		SELECT a.skribble_id || '|' || s.email FROM qes_sign.signatur_anfragen a
+		SELECT a.provider_id || '|' || s.email FROM qes_sign.signatur_anfragen a
 		  JOIN qes_sign.signers s ON s.request_id = a.id AND s.status <> 'replaced'
 		 WHERE a.id IN (} . in_list(@$ids) . ') ' . ($only ? "AND s.email = '$only'" : '') . ' ORDER BY a.id, s.position'))
 	{
@@ -122,7 +122,7 @@ command_ok([ 'pg_dump', '-Fc', '-d', $src->connstr('postgres'), '-f', $dump ], '
 # which the restored copy does not know was sent
 $src->append_conf('postgresql.conf', "qes_sign.database = 'postgres'\n");
 $src->restart;
-ok(wait_db($src, 'postgres', "SELECT count(*) FROM qes_sign.signatur_anfragen WHERE skribble_id IS NOT NULL AND id = '$late'",
+ok(wait_db($src, 'postgres', "SELECT count(*) FROM qes_sign.signatur_anfragen WHERE provider_id IS NOT NULL AND id = '$late'",
 	'1', 30), 'source: after the dump, the late request is sent to Skribble');
 $src->append_conf('postgresql.conf', "qes_sign.database = ''\n");
 $src->restart;
@@ -192,7 +192,7 @@ ok(wait_db($dst, $db, "SELECT count(*) FROM qes_sign.signatur_anfragen WHERE sta
 is(status_count($dst, $db, $ids{in_signatur}, 'in_signatur'), $per, "$db: in_signatur untouched");
 is(status_count($dst, $db, $ids{abgebrochen}, 'abgebrochen'), $per, "$db: abgebrochen untouched");
 is($dst->safe_psql($db, 'SELECT ok FROM qes_sign.verify_audit_chain()'), 't', "$db: audit chain ok after the worker ran");
-ok(wait_db($dst, $db, "SELECT count(*) FROM qes_sign.signatur_anfragen WHERE skribble_id IS NOT NULL AND id = '$late'", '1', 30),
+ok(wait_db($dst, $db, "SELECT count(*) FROM qes_sign.signatur_anfragen WHERE provider_id IS NOT NULL AND id = '$late'", '1', 30),
 	"$db: the late request reaches Skribble");
 is($dst->safe_psql($db, "SELECT count(*) FROM qes_sign.audit_log WHERE event = 'create_recovered' AND request_id = '$late'"), '1',
 	"$db: on another cluster the worker looked it up by custom first and found the source's create");

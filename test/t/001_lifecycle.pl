@@ -206,7 +206,7 @@ scenario 'operator metrics' => sub {
 	is($ops->{calls_in_flight}, 0, 'operations: nothing in flight at rest');
 	is($ops->{queue_submit} // 0, 0, 'operations: submit queue empty');
 	creates_once_ok($d, [ map { $_->[0] } query_list($node,
-		'SELECT id FROM qes_sign.signatur_anfragen WHERE skribble_id IS NOT NULL') ]);
+		'SELECT id FROM qes_sign.signatur_anfragen WHERE provider_id IS NOT NULL') ]);
 	is(one('SELECT ok FROM qes_sign.verify_audit_chain()'), 't', 'audit chain intact');
 };
 

@@ -52,7 +52,7 @@ scenario 'connection dropped after an accepted create' => sub {
 	for my $id (@drop)
 	{
 		is(scalar @{ ctl_get($d, "requests?custom=$id") }, 1, "exactly one request at Skribble for $id");
-		is($node->safe_psql('postgres', "SELECT skribble_id FROM qes_sign.signatur_anfragen WHERE id = '$id'"),
+		is($node->safe_psql('postgres', "SELECT provider_id FROM qes_sign.signatur_anfragen WHERE id = '$id'"),
 			ctl_get($d, "requests?custom=$id")->[0]{id}, 'the request points at that one');
 	}
 	ctl_post($d, 'faults', {});

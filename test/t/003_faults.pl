@@ -17,7 +17,7 @@ sub count_submitted
 {
 	my ($ids) = @_;
 	return $node->safe_psql('postgres', "SELECT count(*) FROM qes_sign.signatur_anfragen WHERE id IN ("
-		  . join(', ', map { "'$_'" } @$ids) . ') AND skribble_id IS NOT NULL');
+		  . join(', ', map { "'$_'" } @$ids) . ') AND provider_id IS NOT NULL');
 }
 
 scenario '200 requests through 20 % 5xx, 429s and timeouts' => sub {
@@ -40,7 +40,7 @@ scenario '200 requests through 20 % 5xx, 429s and timeouts' => sub {
 scenario 'kill -9 of the worker during a 200-request run' => sub {
 	ctl_post($d, 'latency', { ms => 20 });    # keep calls in flight when the kill lands
 	my @k = create_requests($node, 200);
-	ok(wait_until($node, "SELECT count(*) >= 20 FROM qes_sign.signatur_anfragen WHERE skribble_id IS NOT NULL "
+	ok(wait_until($node, "SELECT count(*) >= 20 FROM qes_sign.signatur_anfragen WHERE provider_id IS NOT NULL "
 		  . "AND id IN (" . join(', ', map { "'$_'" } @k) . ')', 't', 60), 'the run is under way');
 	my $pid = worker_pid($node);
 	ok($pid, "worker pid $pid");

@@ -72,7 +72,7 @@ scenario 'a completed request is archived: four objects, digests match' => sub {
 	# the contents: the document Skribble signed, the protocol, the record
 	my $sp = s3_check($s3, 'get', "${prefix}signed.pdf", '--out', "$tmp/signed.pdf");
 	like(slurp_bin("$tmp/signed.pdf"), qr/^%PDF-/, 'signed.pdf is a PDF');
-	my $sr = ctl_get($d, 'signature-requests/' . one("SELECT skribble_id FROM qes_sign.signatur_anfragen WHERE id = '$id'"));
+	my $sr = ctl_get($d, 'signature-requests/' . one("SELECT provider_id FROM qes_sign.signatur_anfragen WHERE id = '$id'"));
 	is(one("SELECT document_id FROM qes_sign.signatur_anfragen WHERE id = '$id'"), $sr->{document_id},
 		"the archived request keeps Skribble's final document id");
 	s3_check($s3, 'get', "${prefix}protocol.pdf", '--out', "$tmp/protocol.pdf");

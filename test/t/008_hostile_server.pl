@@ -68,7 +68,7 @@ sub refresh
 sub skribble_id
 {
 	return $node->safe_psql('postgres',
-		"SELECT skribble_id FROM qes_sign.signatur_anfragen WHERE id = '$_[0]'");
+		"SELECT provider_id FROM qes_sign.signatur_anfragen WHERE id = '$_[0]'");
 }
 
 scenario 'login token with a payload of 100,000 nested [' => sub {

@@ -96,7 +96,7 @@ sub make_requests
 		  FROM generate_series(1, $n) g ORDER BY g});
 }
 
-sub sr_id { my ($id) = @_; return one("SELECT skribble_id FROM qes_sign.signatur_anfragen WHERE id = '$id'"); }
+sub sr_id { my ($id) = @_; return one("SELECT provider_id FROM qes_sign.signatur_anfragen WHERE id = '$id'"); }
 sub status_of { my ($id) = @_; return one("SELECT status FROM qes_sign.signatur_anfragen WHERE id = '$id'"); }
 sub at_double { my ($id) = @_; return ctl_get($d, 'signature-requests/' . sr_id($id)); }
 

@@ -46,6 +46,84 @@ END
 $$;
 
 -------------------------------------------------------------------------------
+-- The provider boundary: each request names its trust service, and the
+-- provider's ids and raw statuses live in neutral columns (Skribble's are
+-- carried over).  What a provider sends and what its answers mean is in
+-- its own file (provider-<name>.sql); the dispatch is in one place here
+-- (_provider_call, _provider_answer, _provider_failure, _provider_fetch)
+-------------------------------------------------------------------------------
+ALTER TABLE signatur_anfragen ADD COLUMN provider text NOT NULL DEFAULT 'skribble'
+    CHECK (provider IN ('skribble', 'yousign'));
+ALTER TABLE signatur_anfragen RENAME skribble_id TO provider_id;
+ALTER TABLE signatur_anfragen RENAME skribble_status TO provider_status;
+ALTER TABLE signatur_anfragen ADD COLUMN provider_state jsonb;
+ALTER TABLE signatur_anfragen DROP CONSTRAINT signatur_anfragen_skribble_id_key;
+ALTER TABLE signatur_anfragen ADD CONSTRAINT signatur_anfragen_provider_id_key UNIQUE (provider, provider_id);
+ALTER TABLE signers RENAME skribble_status TO provider_status;
+ALTER TABLE signers RENAME sid TO provider_signer_id;
+COMMENT ON COLUMN signatur_anfragen.provider IS 'The trust service: skribble or yousign';
+COMMENT ON COLUMN signatur_anfragen.provider_id IS 'The request''s id at its provider, once it exists there (Yousign: activated)';
+COMMENT ON COLUMN signatur_anfragen.provider_status IS 'The provider''s last raw status (also unknown values)';
+COMMENT ON COLUMN signatur_anfragen.provider_state IS 'The provider''s last request object where the archive needs it (Yousign)';
+COMMENT ON COLUMN signatur_anfragen.document_id IS 'The provider''s id of the document (Skribble: the current one)';
+COMMENT ON COLUMN signers.provider_signer_id IS 'The signer''s id at the provider (Skribble: sid)';
+
+-- default placement of a signature field per signer where the provider
+-- needs one and the PDF has no Smart Anchors (Yousign): page ("last" or a
+-- number), the first field's corner (points from the top left), its size,
+-- and the step to the next signer's field (columns per row)
+ALTER TABLE vorgangstypen ADD COLUMN signature_field jsonb NOT NULL DEFAULT
+    '{"page": "last", "x": 60, "y": 620, "width": 180, "height": 60, "dx": 270, "dy": 75, "columns": 2}';
+
+-- a call may be a multipart form (Yousign's upload): "name=value" parts,
+-- and "name@filename" for the data
+ALTER TYPE api_call ADD ATTRIBUTE form text[];
+
+-- a provider's rate limit reached: its calls wait until then (429 with
+-- Retry-After, or a window's remaining budget at 0)
+CREATE TABLE provider_pauses (
+    provider  text PRIMARY KEY,
+    until     timestamptz NOT NULL,
+    reason    text
+);
+COMMENT ON TABLE provider_pauses IS 'Providers whose rate limit is exhausted, and until when';
+
+-- signer events name the signer's id at the provider (the column's new name)
+CREATE OR REPLACE FUNCTION _on_signer_change() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, qes_sign, pg_temp AS $$
+BEGIN
+    IF NEW.status <> 'replaced' THEN
+        PERFORM _emit(NEW.request_id, 'signer_' || NEW.status,
+                      jsonb_strip_nulls(jsonb_build_object(
+                          'signer', NEW.email, 'sid', NEW.provider_signer_id, 'previous', OLD.status,
+                          'at', _iso(CASE NEW.status WHEN 'signed' THEN NEW.signed_at
+                                                     WHEN 'viewed' THEN NEW.viewed_at
+                                                     WHEN 'declined' THEN NEW.declined_at END),
+                          'message', NEW.decline_message)));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- replaced by the provider files' _skribble_answer and _record_final
+DROP FUNCTION _record_success(work_items, text, jsonb);
+DROP FUNCTION _record_final(work_items, text, int, text, text, boolean);
+
+-- _provider: the provider of a request created now (the argument, else the
+-- setting qes_sign.provider)
+CREATE FUNCTION _provider(p text) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    p := coalesce(p, current_setting('qes_sign.provider'));
+    IF p NOT IN ('skribble', 'yousign') THEN
+        PERFORM _invalid('provider', 'is not a known trust service', format('The value is %s.', to_jsonb(p)),
+                         p_hint => 'Use skribble or yousign.');
+    END IF;
+    RETURN p;
+END
+$$;
+
+-------------------------------------------------------------------------------
 -- Tenants bound to roles
 -------------------------------------------------------------------------------
 CREATE TABLE tenant_grants (
@@ -219,13 +297,15 @@ $$;
 -------------------------------------------------------------------------------
 -- The API: tenant checks, restarted_from, download
 -------------------------------------------------------------------------------
-CREATE OR REPLACE FUNCTION create_request(verwaltung text, title text, document bytea, signers jsonb,
+DROP FUNCTION create_request(text, text, bytea, jsonb, text, text, boolean, interval, uuid, uuid);
+CREATE FUNCTION create_request(verwaltung text, title text, document bytea, signers jsonb,
                                message text DEFAULT NULL,
                                vorgangstyp text DEFAULT 'mietvertrag',
                                ordered boolean DEFAULT false,
                                expires_in interval DEFAULT NULL,
                                restarted_from uuid DEFAULT NULL,
-                               id uuid DEFAULT NULL)
+                               id uuid DEFAULT NULL,
+                               provider text DEFAULT NULL)
 RETURNS uuid LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, qes_sign, pg_temp AS $$
 DECLARE
     t vorgangstypen;
@@ -234,6 +314,7 @@ DECLARE
     -- GUC values with units print as "30d", "720h": valid interval input
     lifetime interval := coalesce(expires_in, current_setting('qes_sign.expiry')::interval);
     digest bytea;
+    v_provider text := _provider(create_request.provider);
 BEGIN
     PERFORM _check_verwaltung(verwaltung);
     PERFORM _check_tenant(verwaltung);
@@ -263,6 +344,7 @@ BEGIN
     PERFORM _check_document(document);
     digest := sha256(document);             -- once: 1 MB takes a while
     list := _check_signers(signers, ordered);
+    PERFORM _provider_check(v_provider, list, t.min_quality);
     -- a caller-chosen id makes a retried call safe: it cannot create twice
     IF EXISTS (SELECT FROM signatur_anfragen a WHERE a.id = new_id) THEN
         PERFORM _invalid('id', 'is already taken by another signature request',
@@ -271,11 +353,11 @@ BEGIN
 
     INSERT INTO signatur_anfragen (id, verwaltung, vorgangstyp, title, message, document,
                                    document_sha256, document_size, ordered, quality, legislation,
-                                   created_by, created_at, expires_at, restarted_from)
+                                   created_by, created_at, expires_at, restarted_from, provider)
     VALUES (new_id, verwaltung, t.vorgangstyp, btrim(title), message, document,
             digest, length(document), ordered, t.min_quality,
             current_setting('qes_sign.legislation'), acting_role(), clock(), clock() + lifetime,
-            restarted_from);
+            restarted_from, v_provider);
     INSERT INTO qes_sign.signers (request_id, position, email, first_name, last_name,
                                   language, mobile, sequence)
     SELECT new_id, ord - 1, s ->> 'email', s ->> 'first_name', s ->> 'last_name',
@@ -285,9 +367,31 @@ BEGIN
     PERFORM _emit(new_id, 'created', jsonb_strip_nulls(jsonb_build_object(
         'vorgangstyp', t.vorgangstyp, 'title', btrim(title), 'signers', jsonb_array_length(list),
         'document_sha256', encode(digest, 'hex'), 'document_size', length(document),
-        'restarted_from', restarted_from)), verwaltung, 'offen');
+        'restarted_from', restarted_from, 'provider', v_provider)), verwaltung, 'offen');
     PERFORM _enqueue(new_id, 'submit');
     RETURN new_id;
+END
+$$;
+
+-- restart: a new request with the document, signers and provider of an
+-- abgebrochen one
+CREATE OR REPLACE FUNCTION restart(id uuid) RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, qes_sign, pg_temp AS $$
+DECLARE
+    r signatur_anfragen := _lock_request(id);
+BEGIN
+    PERFORM _require_status(r, 'restart', 'abgebrochen');
+    IF r.document IS NULL THEN
+        RAISE EXCEPTION 'signature request % has no document any more', r.id USING ERRCODE = '55000';
+    END IF;
+    RETURN create_request(r.verwaltung, r.title, r.document,
+        (SELECT jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
+                    'first_name', s.first_name, 'last_name', s.last_name, 'email', s.email,
+                    'language', s.language, 'mobile', s.mobile, 'sequence', s.sequence))
+                 ORDER BY s.position)
+           FROM signers s WHERE s.request_id = r.id AND s.status <> 'replaced'),
+        message => r.message, vorgangstyp => r.vorgangstyp, ordered => r.ordered,
+        restarted_from => r.id, provider => r.provider);
 END
 $$;
 
@@ -424,12 +528,15 @@ BEGIN
     IF length(body) > 65536 THEN
         PERFORM _count('webhooks_rejected');
         RAISE EXCEPTION 'webhook body is larger than 65536 bytes' USING ERRCODE = '54000',
-            DETAIL = 'Skribble''s callbacks carry a few hundred bytes; nothing was stored.';
+            DETAIL = 'Callbacks and webhooks carry a few kilobytes at most; nothing was stored.';
     END IF;
     IF jsonb_typeof(headers) IS DISTINCT FROM 'object' THEN
         PERFORM _reject('webhooks_rejected', 'webhook rejected: headers must be a JSON object');
     END IF;
     SELECT jsonb_object_agg(lower(key), value) INTO h FROM jsonb_each_text(headers);
+    IF h ? 'x-yousign-signature-256' THEN
+        RETURN _yousign_webhook(h, body);
+    END IF;
     PERFORM _verify_webhook(h ->> 'webhook-id', h ->> 'webhook-timestamp',
                             h ->> 'webhook-signature', body);
     INSERT INTO webhook_ids (webhook_id) VALUES (h ->> 'webhook-id') ON CONFLICT DO NOTHING;
@@ -446,7 +553,7 @@ BEGIN
     END IF;
     -- otherwise a request named by its Skribble id, if any (else a ping)
     SELECT a.id INTO rid FROM signatur_anfragen a
-     WHERE a.skribble_id = payload ->> 'signature_request_id';
+     WHERE a.provider = 'skribble' AND a.provider_id = payload ->> 'signature_request_id';
     kind := lower(payload ->> 'type');
     RETURN _take_callback('webhook', rid, CASE WHEN kind IN ('success', 'update', 'error') THEN kind END,
                           payload ->> 'signature_request_id', payload ->> 'document_id',
@@ -455,78 +562,8 @@ END
 $$;
 
 -------------------------------------------------------------------------------
--- Texts from Skribble are bounded (decline and error messages: 2,000
--- characters), so that no answer is too large to record
+-- Answers the worker cannot apply
 -------------------------------------------------------------------------------
-CREATE OR REPLACE FUNCTION _skribble_message(body bytea, http_status int, OUT message text, OUT key text)
-LANGUAGE plpgsql IMMUTABLE AS $$
-DECLARE
-    t text;
-    j jsonb;
-BEGIN
-    BEGIN
-        t := convert_from(body, 'UTF8');
-        j := t::jsonb;
-        message := j ->> 'message';
-        key := _cut(j ->> 'key', 200);
-    EXCEPTION WHEN OTHERS THEN
-        message := btrim(t);
-    END;
-    message := coalesce(nullif(_cut(message, 2000), ''), 'HTTP ' || http_status);
-END
-$$;
-
-CREATE OR REPLACE FUNCTION _apply_signature(p_request uuid, sig jsonb, field text) RETURNS void
-LANGUAGE plpgsql AS $$
-DECLARE
-    s signers;
-    v_email text := lower(sig #>> '{signer_identity_data,email_address}');
-    viewed timestamptz := _ts(sig ->> 'last_viewed_at', field || '.last_viewed_at');
-    signed timestamptz := _ts(sig ->> 'signed_at', field || '.signed_at');
-    message text := _cut(sig ->> 'decline_message', 2000);
-    new_status signer_status;
-BEGIN
-    SELECT * INTO s FROM signers x
-     WHERE x.request_id = p_request AND x.sid = sig ->> 'sid';
-    IF NOT FOUND THEN
-        -- (by address also when Skribble gave the signer a new sid: it was
-        -- taken out and added again there)
-        SELECT * INTO s FROM signers x
-         WHERE x.request_id = p_request AND x.status <> 'replaced' AND lower(x.email) = v_email;
-    END IF;
-    IF NOT FOUND THEN
-        PERFORM _signer_added(p_request, sig);   -- added at Skribble
-        SELECT * INTO s FROM signers x WHERE x.request_id = p_request ORDER BY x.id DESC LIMIT 1;
-    ELSIF s.status = 'replaced' THEN
-        RETURN;  -- taken out locally: nothing to apply
-    END IF;
-    new_status := coalesce(_signer_status(sig ->> 'status_code',
-                                          viewed IS NOT NULL OR s.viewed_at IS NOT NULL),
-                           s.status);
-    UPDATE signers x SET
-        sid             = sig ->> 'sid',
-        skribble_status = sig ->> 'status_code',
-        viewed_at       = coalesce(x.viewed_at, viewed),
-        signed_at       = coalesce(signed, x.signed_at),
-        declined_at     = CASE WHEN new_status = 'declined'
-                               THEN coalesce(x.declined_at, clock()) END,
-        decline_message = coalesce(message, x.decline_message),
-        signed_quality  = coalesce(sig ->> 'signed_quality', x.signed_quality),
-        status          = new_status
-     WHERE x.id = s.id
-       AND (x.sid, x.skribble_status, x.viewed_at, x.signed_at, x.decline_message,
-            x.signed_quality, x.status)
-           IS DISTINCT FROM
-           (sig ->> 'sid', sig ->> 'status_code', coalesce(x.viewed_at, viewed),
-            coalesce(signed, x.signed_at), coalesce(message, x.decline_message),
-            coalesce(sig ->> 'signed_quality', x.signed_quality), new_status);
-    IF FOUND AND _signer_status(sig ->> 'status_code', true) IS NULL THEN
-        PERFORM _emit(p_request, 'unknown_signer_status',
-                      jsonb_build_object('signer', s.email, 'status_code', _cut(sig ->> 'status_code', 100)));
-    END IF;
-END
-$$;
-
 -- _record_unapplied: the worker could not apply an answer (it raised): a
 -- failed attempt like any other, retried with backoff and given up
 -- visibly after qes_sign.retry_max_attempts
@@ -544,34 +581,15 @@ END
 $$;
 
 -------------------------------------------------------------------------------
--- Skribble as documented (skribble-api.md, "Rules and ambiguities"): only
--- permanent answers end a request, a lost create is found whatever the
--- page numbering, signer changes follow Skribble's rule, Skribble's status
--- decides completion, and its deletion date is watched
+-- Rules of every provider: a call failing again and again is given up
+-- visibly, signer changes only before anyone signed, checked input, and
+-- the provider's deletion date watched (Skribble's own rules, as
+-- documented, are in provider-skribble.sql)
 -------------------------------------------------------------------------------
-
--- _final_answer: an answer that retrying cannot change.  Only a refused
--- create ends a request (400 invalid input, 406 corrupt or encrypted PDF,
--- 413, 422); a withdraw or reminder Skribble refuses, and a refused signer
--- change, end that call.  409 and 423 ("being processed, retry later"),
--- 408, 429, 5xx, an expired token, and any 4xx of a refresh, a search or an
--- added signer are retried with backoff, and given up visibly (_give_up).
-CREATE FUNCTION _final_answer(call_kind text, http_status int, key text) RETURNS boolean
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT CASE
-        WHEN http_status = 429 THEN call_kind = 'remind' AND key = 'error.rate_limit.reminder'
-        WHEN http_status NOT BETWEEN 400 AND 499 OR http_status IN (401, 408, 409, 423) THEN false
-        WHEN http_status = 403 AND coalesce(key, '') LIKE 'error.auth.%' THEN false
-        WHEN call_kind = 'create' THEN http_status IN (400, 406, 413, 422)
-        WHEN call_kind IN ('withdraw', 'remind') THEN http_status IN (400, 403, 404)
-        WHEN call_kind = 'delete_signer' THEN http_status IN (400, 403)
-        ELSE false
-    END
-$$;
 
 -- _give_up ends a call that failed qes_sign.retry_max_attempts times in a
 -- row: visible in request_errors and the audit trail; the request itself
--- stays as it is, for an operator (only Skribble's status ends it)
+-- stays as it is, for an operator (only the provider's status ends it)
 CREATE FUNCTION _give_up(w work_items, call_kind text, failure text) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -586,126 +604,6 @@ BEGIN
 END
 $$;
 
--- _record_final handles an answer that retrying cannot change (see _final_answer)
-DROP FUNCTION _record_final(work_items, text, int, text, text, boolean);
-CREATE FUNCTION _record_final(w work_items, call_kind text, http_status int, message text, key text)
-RETURNS text LANGUAGE plpgsql AS $$
-DECLARE
-    detail jsonb := jsonb_strip_nulls(jsonb_build_object('http_status', http_status, 'message', message, 'key', key));
-BEGIN
-    PERFORM _finish(w.id, 'failed', format('HTTP %s: %s', http_status, message));
-    CASE call_kind
-    WHEN 'remind' THEN
-        PERFORM _emit(w.request_id, 'remind_failed', detail || jsonb_build_object('reason',
-            CASE WHEN key = 'error.rate_limit.reminder' THEN 'reminder limit reached' ELSE message END));
-    WHEN 'withdraw' THEN
-        -- most likely no longer open at Skribble: its state tells what happened
-        PERFORM _emit(w.request_id, w.kind || '_failed', detail);
-        PERFORM _enqueue(w.request_id, 'refresh');
-    WHEN 'delete_signer' THEN
-        PERFORM _replace_refused(w, detail);
-    ELSE
-        -- Skribble refused the request itself (e.g. 406 for a corrupt PDF)
-        PERFORM _emit(w.request_id, 'skribble_error', detail || jsonb_build_object('call', call_kind));
-        PERFORM _transition(w.request_id, 'abgebrochen',
-                            format('rejected by Skribble: %s (HTTP %s)', message, http_status));
-    END CASE;
-    RETURN 'failed';
-END
-$$;
-
--- _search_from (1.0) is replaced: the window in which a create whose
--- answer was lost may still be stored at Skribble ends qes_sign.http_timeout
--- after the later of its post and the loss (a create that timed out may be
--- stored after the client gave up)
-CREATE OR REPLACE FUNCTION _search_from(payload jsonb) RETURNS timestamptz
-LANGUAGE sql STABLE AS $$
-    SELECT CASE jsonb_typeof(payload -> 'posted')
-           WHEN 'string' THEN greatest((payload ->> 'posted')::timestamptz, (payload ->> 'lost')::timestamptz)
-                              + current_setting('qes_sign.http_timeout')::interval
-           ELSE '-infinity' END
-$$;
-
--- _search_answer: a search for a create whose answer was lost.  The first
--- search asks without paging (pagination is off unless asked for); an
--- answer of 50 or more (a default page size may have cut it) is read again
--- page by page from page 0 (a 400 for page 0 moves on to page 1: pages
--- count from 1 there) until a page is short.  Not found while Skribble may
--- still be storing the create (qes_sign.http_timeout after it was posted):
--- searched again, 1, 2, 4 ... s later; not found after that: created again.
-CREATE FUNCTION _search_answer(w work_items, answer jsonb) RETURNS text
-LANGUAGE plpgsql AS $$
-DECLARE
-    hit jsonb := _search_hit(answer, w.request_id);
-    n int := CASE jsonb_typeof(answer) WHEN 'array' THEN jsonb_array_length(answer) ELSE 0 END;
-    page int := (w.payload ->> 'page')::int;
-    first text := answer #>> '{0,id}';
-    searches int := coalesce((w.payload ->> 'searches')::int, 0) + 1;
-    until timestamptz := _search_from(w.payload);
-BEGIN
-    IF hit IS NOT NULL THEN
-        PERFORM apply_signature_request(w.request_id, hit);
-        PERFORM _emit(w.request_id, 'create_recovered', jsonb_build_object('skribble_id', hit ->> 'id',
-                                                                           'searches', searches));
-        RETURN _finish(w.id, 'done');
-    ELSIF page IS NULL AND n >= 50 THEN
-        RETURN _again(w.id, '0', '{"page": 0}');
-    ELSIF n >= 100 AND page < 1000 AND first IS DISTINCT FROM w.payload ->> 'first' THEN
-        RETURN _again(w.id, '0', jsonb_build_object('page', page + 1, 'first', first));
-    END IF;
-    UPDATE work_items SET payload = payload - 'page' - 'first' WHERE id = w.id;
-    IF clock() < until THEN
-        RETURN _again(w.id, least(make_interval(secs => power(2, least(searches - 1, 10))), until - clock()),
-                      jsonb_build_object('searches', searches));
-    END IF;
-    -- not created: send it (again)
-    UPDATE work_items SET payload = payload - 'posted' - 'searches' - 'lost' WHERE id = w.id;
-    RETURN _again(w.id, '0');
-END
-$$;
-
--- _record_success applies a 2xx answer to the work item it answers
-CREATE OR REPLACE FUNCTION _record_success(w work_items, call_kind text, answer jsonb) RETURNS text
-LANGUAGE plpgsql AS $$
-BEGIN
-    CASE call_kind
-    WHEN 'search' THEN
-        RETURN _search_answer(w, answer);
-    WHEN 'create', 'get', 'withdraw', 'add_signer' THEN
-        PERFORM apply_signature_request(w.request_id, answer);
-        UPDATE signatur_anfragen SET synced_at = clock() WHERE id = w.request_id;
-        IF w.payload ? 'again' THEN
-            RETURN _again(w.id, '0');
-        END IF;
-    WHEN 'remind' THEN
-        PERFORM _emit(w.request_id, 'reminded', jsonb_strip_nulls(jsonb_build_object('auto', w.payload -> 'auto')));
-    WHEN 'delete_signer' THEN
-        RETURN _again(w.id, '0', '{"deleted": true}');
-    END CASE;
-    RETURN _finish(w.id, 'done');
-END
-$$;
-
--- _replace_refused undoes a replacement Skribble refused (someone signed
--- meanwhile): the old signer is back as it was, the new one gone, and the
--- request goes on as before
-CREATE FUNCTION _replace_refused(w work_items, detail jsonb) RETURNS void
-LANGUAGE plpgsql AS $$
-DECLARE
-    old_id bigint := (w.payload ->> 'old_signer')::bigint;
-    new_id bigint := (w.payload ->> 'new_signer')::bigint;
-    old_email text := (SELECT email FROM signers WHERE id = old_id);
-    new_email text := (SELECT email FROM signers WHERE id = new_id);
-BEGIN
-    UPDATE signers SET replaced_by = NULL WHERE id = old_id;
-    DELETE FROM signers WHERE id = new_id AND sid IS NULL;
-    UPDATE signers SET status = coalesce((w.payload ->> 'old_status')::signer_status, 'open') WHERE id = old_id;
-    PERFORM _emit(w.request_id, 'replace_signer_refused', detail || jsonb_build_object(
-        'signer', old_email, 'by', new_email, 'reason', 'Skribble refused the change: ' || (detail ->> 'message')));
-    PERFORM _enqueue(w.request_id, 'refresh');
-END
-$$;
-
 CREATE OR REPLACE FUNCTION replace_signer(id uuid, old_email text, new_signer jsonb) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, qes_sign, pg_temp AS $$
 DECLARE
@@ -715,6 +613,7 @@ DECLARE
     new_id bigint;
 BEGIN
     PERFORM _require_status(r, 'replace a signer of', 'offen', 'in_signatur');
+    PERFORM _provider_replace_check(r);
     IF EXISTS (SELECT FROM signers s WHERE s.request_id = r.id AND s.status = 'signed') THEN
         RAISE EXCEPTION 'cannot replace a signer of signature request % once a signer has signed', r.id
             USING ERRCODE = '55000', COLUMN = 'old_email',
@@ -746,7 +645,7 @@ BEGIN
     UPDATE signers s SET replaced_by = new_id WHERE s.id = prev.id;
     PERFORM _emit(r.id, 'signer_replaced', jsonb_build_object('signer', prev.email, 'by', n ->> 'email'));
     PERFORM _enqueue(r.id, 'replace_signer', jsonb_build_object('old_signer', prev.id, 'new_signer', new_id,
-                                                               'old_sid', prev.sid, 'old_status', prev.status));
+                                                               'old_sid', prev.provider_signer_id, 'old_status', prev.status));
 END
 $$;
 
@@ -881,156 +780,6 @@ CREATE FUNCTION _deletes_soon(deletion_date date) RETURNS boolean LANGUAGE sql S
     SELECT deletion_date <= (qes_sign.clock() AT TIME ZONE 'Europe/Berlin')::date + 1
 $$;
 
--- _signer_added: a signature Skribble lists that no local signer matches
--- (added in Skribble's web app): recorded, so the trail and the overview
--- show who signed
-CREATE FUNCTION _signer_added(p_request uuid, sig jsonb) RETURNS void
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_email text := lower(coalesce(sig #>> '{signer_identity_data,email_address}', sig ->> 'account_email', sig ->> 'sid'));
-BEGIN
-    INSERT INTO signers (request_id, position, email, first_name, last_name, sid, skribble_status)
-    SELECT p_request, coalesce(max(s.position), -1) + 1, v_email,
-           coalesce(sig #>> '{signer_identity_data,first_name}', ''),
-           coalesce(sig #>> '{signer_identity_data,last_name}', ''), sig ->> 'sid', NULL
-      FROM signers s WHERE s.request_id = p_request;
-    PERFORM _emit(p_request, 'signer_added_at_skribble', jsonb_strip_nulls(jsonb_build_object(
-        'signer', v_email, 'sid', sig ->> 'sid', 'status_code', sig ->> 'status_code')));
-END
-$$;
-
--- _signers_settled: Skribble reports SIGNED, so its list is the truth: a
--- local signer it does not show as signed was taken out there (or never
--- added); the trail records each one
-CREATE FUNCTION _signers_settled(p_request uuid) RETURNS void
-LANGUAGE plpgsql AS $$
-DECLARE
-    s signers;
-BEGIN
-    FOR s IN SELECT * FROM signers x WHERE x.request_id = p_request AND x.status NOT IN ('signed', 'replaced') LOOP
-        UPDATE signers SET status = 'replaced' WHERE id = s.id;
-        PERFORM _emit(p_request, 'signer_not_at_skribble', jsonb_strip_nulls(jsonb_build_object(
-            'signer', s.email, 'sid', s.sid, 'status', s.status,
-            'reason', 'Skribble reports the request signed without this signer')));
-    END LOOP;
-END
-$$;
-
--- _target_status decides the request's status from Skribble's
--- status_overall and its signers; NULL means no change.  Skribble's SIGNED
--- completes; local signer rows alone never do.
-CREATE OR REPLACE FUNCTION _target_status(r signatur_anfragen, overall text, OUT status anfrage_status, OUT reason text)
-LANGUAGE plpgsql STABLE AS $$
-BEGIN
-    WITH s AS (
-        SELECT count(*) FILTER (WHERE x.status IN ('viewed', 'signed') OR x.viewed_at IS NOT NULL) AS seen,
-               string_agg(x.email || coalesce(': ' || x.decline_message, ''), '; ')
-                   FILTER (WHERE x.status = 'declined') AS declined
-          FROM qes_sign.signers x WHERE x.request_id = r.id AND x.status <> 'replaced')
-    SELECT CASE
-             WHEN overall = 'SIGNED'                             THEN 'vollstaendig'
-             WHEN s.declined IS NOT NULL OR overall = 'DECLINED' THEN 'abgebrochen'
-             WHEN overall IN ('WITHDRAWN', 'EXPIRED', 'ERROR')   THEN 'abgebrochen'
-             WHEN s.seen > 0 AND r.status = 'offen'              THEN 'in_signatur'
-           END::qes_sign.anfrage_status,
-           CASE
-             WHEN overall = 'SIGNED'     THEN NULL
-             WHEN s.declined IS NOT NULL THEN _cut('declined by ' || s.declined, 4000)
-             WHEN overall = 'DECLINED'   THEN 'declined'
-             WHEN overall = 'WITHDRAWN'  THEN coalesce(
-                 (SELECT CASE w.kind WHEN 'expire' THEN 'expired'
-                                     ELSE 'withdrawn' || coalesce(': ' || (w.payload ->> 'reason'), '') END
-                    FROM qes_sign.work_items w
-                   WHERE w.request_id = r.id AND w.kind IN ('withdraw', 'expire') ORDER BY w.id DESC LIMIT 1),
-                 'withdrawn')
-             WHEN overall = 'EXPIRED'    THEN 'expired'
-             WHEN overall = 'ERROR'      THEN 'error at Skribble'
-           END
-      FROM s
-      INTO status, reason;
-END
-$$;
-
-CREATE OR REPLACE FUNCTION apply_signature_request(id uuid, sr jsonb) RETURNS anfrage_status
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, qes_sign, pg_temp AS $$
-DECLARE
-    r signatur_anfragen;
-    sig jsonb;
-    target record;
-    i bigint;
-    overall text := _cut(sr ->> 'status_overall', 100);
-    deletion date;
-BEGIN
-    SELECT * INTO r FROM signatur_anfragen a WHERE a.id = apply_signature_request.id FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'signature request % does not exist', id USING ERRCODE = 'P0002';
-    END IF;
-    IF jsonb_typeof(sr) IS DISTINCT FROM 'object' OR jsonb_typeof(sr -> 'id') IS DISTINCT FROM 'string'
-       OR jsonb_typeof(sr -> 'signatures') IS DISTINCT FROM 'array' THEN
-        PERFORM _invalid('sr', 'is not a Skribble SignatureRequest',
-            'It needs a string "id" and an array "signatures".');
-    END IF;
-    IF r.skribble_id IS DISTINCT FROM sr ->> 'id' AND r.skribble_id IS NOT NULL THEN
-        PERFORM _invalid('sr.id', 'belongs to another Skribble request',
-            format('The request is %s at Skribble, the state is of %s.', r.skribble_id, _cut(sr ->> 'id', 200)));
-    END IF;
-    IF sr ? 'custom' AND sr ->> 'custom' IS DISTINCT FROM r.id::text AND coalesce(sr ->> 'custom', '') <> '' THEN
-        PERFORM _invalid('sr.custom', 'names another request', format('custom is %s.', to_jsonb(_cut(sr ->> 'custom', 200))));
-    END IF;
-    IF r.status IN ('archiviert', 'abgebrochen') THEN
-        RETURN r.status;  -- final: later news from Skribble changes nothing
-    END IF;
-    deletion := _date(sr ->> 'expiration_date', 'sr.expiration_date');
-
-    IF r.skribble_id IS NULL THEN
-        UPDATE signatur_anfragen a SET skribble_id = sr ->> 'id',
-               sent_at = coalesce(a.sent_at, _ts(sr ->> 'created_at', 'sr.created_at'), clock())
-         WHERE a.id = r.id;
-        PERFORM _emit(r.id, 'sent', jsonb_build_object('skribble_id', sr ->> 'id'));
-        -- e.g. DEMO for a demo key: signatures without the legal effect asked for
-        IF sr ->> 'quality' <> r.quality THEN
-            PERFORM _emit(r.id, 'quality_differs', jsonb_build_object(
-                'requested', r.quality, 'skribble', _cut(sr ->> 'quality', 100),
-                'reason', format('Skribble signs this request as %s, not %s', _cut(sr ->> 'quality', 100), r.quality)));
-        END IF;
-    END IF;
-    -- Skribble deletes the request on its deletion date: nobody can sign
-    -- after it, so it expires (is withdrawn) before (_expiry_before_deletion)
-    UPDATE signatur_anfragen a SET document_id = sr ->> 'document_id', skribble_status = overall,
-           deletion_date = coalesce(deletion, a.deletion_date),
-           expires_at = CASE WHEN deletion IS NULL THEN a.expires_at
-                             ELSE least(a.expires_at, _expiry_before_deletion(deletion)) END
-     WHERE a.id = r.id AND (a.document_id, a.skribble_status, a.deletion_date)
-           IS DISTINCT FROM (sr ->> 'document_id', overall, coalesce(deletion, a.deletion_date));
-    IF FOUND AND overall NOT IN ('OPEN', 'SIGNED', 'DECLINED', 'WITHDRAWN', 'ERROR', 'EXPIRED') THEN
-        PERFORM _emit(r.id, 'unknown_status', jsonb_build_object('status_overall', overall));
-    END IF;
-
-    FOR sig, i IN SELECT * FROM jsonb_array_elements(sr -> 'signatures') WITH ORDINALITY LOOP
-        PERFORM _apply_signature(r.id, sig, format('sr.signatures[%s]', i - 1));
-    END LOOP;
-    IF overall = 'SIGNED' THEN
-        PERFORM _signers_settled(r.id);
-    END IF;
-
-    SELECT * INTO target FROM _target_status(r, overall);
-    RETURN _transition(r.id, target.status, target.reason);
-END
-$$;
-
--- _expiry_before_deletion: the latest a request Skribble deletes on that
--- day may stay open: the start of the day before (German time); in its
--- last day an hour before the deletion day begins; a day from now if our
--- clock sees that day begun already (a skewed clock), rather than
--- cancelling a request Skribble still has
-CREATE FUNCTION _expiry_before_deletion(deletion date) RETURNS timestamptz LANGUAGE sql STABLE AS $$
-    SELECT CASE WHEN (deletion - 1)::timestamp AT TIME ZONE 'Europe/Berlin' > qes_sign.clock()
-                THEN (deletion - 1)::timestamp AT TIME ZONE 'Europe/Berlin'
-                WHEN deletion::timestamp AT TIME ZONE 'Europe/Berlin' > qes_sign.clock()
-                THEN greatest(qes_sign.clock(), deletion::timestamp AT TIME ZONE 'Europe/Berlin' - interval '1 hour')
-                ELSE qes_sign.clock() + interval '1 day' END
-$$;
-
 -- _date reads an ISO 8601 date from Skribble's JSON, naming the field if it is bad
 CREATE FUNCTION _date(value text, field text) RETURNS date
 LANGUAGE plpgsql STABLE AS $$
@@ -1068,7 +817,7 @@ SELECT pg_catalog.pg_extension_config_dump('audit_anchors', '');
 ALTER TABLE work_items ALTER request_id DROP NOT NULL;
 ALTER TABLE work_items DROP CONSTRAINT work_items_kind_check;
 ALTER TABLE work_items ADD CONSTRAINT work_items_kind_check CHECK (kind IN
-    ('submit', 'refresh', 'remind', 'withdraw', 'replace_signer', 'archive', 'expire', 'anchor'));
+    ('submit', 'refresh', 'remind', 'withdraw', 'replace_signer', 'archive', 'expire', 'anchor', 'discard'));
 ALTER TABLE work_items ADD CONSTRAINT work_items_request_check
     CHECK ((request_id IS NULL) = (kind = 'anchor'));
 CREATE UNIQUE INDEX work_items_one_anchor ON work_items (kind) WHERE state = 'pending' AND kind = 'anchor';
@@ -1178,7 +927,7 @@ BEGIN
     UPDATE work_items SET payload = payload || jsonb_build_object('seq', a.seq, 'hash', encode(a.hash, 'hex'),
                                                                   'key', a.key)
      WHERE id = w.id;
-    RETURN ROW(w.id, NULL, 'put:anchor', 's3', 'PUT', a.key, NULL, a.body, _anchor_headers())::api_call;
+    RETURN ROW(w.id, NULL, 'put:anchor', 's3', 'PUT', a.key, NULL, a.body, _anchor_headers(), NULL)::api_call;
 END
 $$;
 
@@ -1379,13 +1128,17 @@ CREATE OR REPLACE FUNCTION _record_result(p_item bigint, call_kind text, http_st
 RETURNS text LANGUAGE plpgsql SET search_path = pg_catalog, qes_sign, pg_temp AS $$
 DECLARE
     w work_items;
-    m record;
+    provider text;
     answer jsonb;
     ok boolean := transport_error IS NULL AND http_status BETWEEN 200 AND 299;
 BEGIN
     SELECT * INTO w FROM work_items WHERE id = p_item FOR UPDATE;
     IF NOT FOUND OR w.state <> 'pending' THEN
         RETURN 'stale';
+    END IF;
+    SELECT a.provider INTO provider FROM signatur_anfragen a WHERE a.id = w.request_id;
+    IF call_kind NOT LIKE 'put:%' AND call_kind NOT LIKE 'head:%' AND w.kind <> 'anchor' THEN
+        PERFORM _provider_limits(provider, http_status, retry_after, headers);
     END IF;
     IF w.kind IN ('archive', 'anchor') THEN
         -- nothing about archiving is final: the request stays vollstaendig
@@ -1397,7 +1150,8 @@ BEGIN
              WHERE request_id = w.request_id AND kind = split_part(call_kind, ':', 2);
         END IF;
         RETURN _retry(w, coalesce(transport_error, CASE WHEN call_kind LIKE 'fetch:%'
-                                  THEN 'Skribble: HTTP ' || http_status || ': ' || (_skribble_message(body, http_status)).message
+                                  THEN format('%s: HTTP %s: %s', initcap(provider), http_status,
+                                              (_provider_message(provider, body, http_status)).message)
                                   ELSE 'S3: ' || _s3_message(body, http_status) END),
                       call_kind, http_status, retry_after);
     END IF;
@@ -1408,22 +1162,10 @@ BEGIN
             transport_error := 'answer is not JSON: ' || _cut(SQLERRM, 200);
         END;
         IF transport_error IS NULL THEN
-            RETURN _record_success(w, call_kind, answer);
+            RETURN _provider_answer(provider, w, call_kind, answer);
         END IF;
     END IF;
-    m := _skribble_message(body, http_status);
-    IF transport_error IS NULL AND call_kind = 'search' AND http_status = 400 AND w.payload ->> 'page' = '0' THEN
-        RETURN _again(w.id, '0', '{"page": 1}');        -- pages count from 1 at this Skribble
-    ELSIF transport_error IS NULL AND call_kind = 'delete_signer' AND http_status = 404 THEN
-        RETURN _again(w.id, '0', '{"deleted": true}');  -- not there (any more): add the new one
-    ELSIF transport_error IS NULL AND _final_answer(call_kind, http_status, m.key) THEN
-        RETURN _record_final(w, call_kind, http_status, m.message, m.key);
-    ELSIF call_kind = 'create' THEN
-        -- the outcome is unknown: Skribble may store it even now
-        UPDATE work_items SET payload = payload || jsonb_build_object('lost', clock()) WHERE id = w.id;
-    END IF;
-    RETURN _retry(w, coalesce(transport_error, format('HTTP %s: %s', http_status, m.message)),
-                  call_kind, http_status, retry_after);
+    RETURN _provider_failure(provider, w, call_kind, http_status, body, retry_after, transport_error);
 END
 $$;
 
@@ -1431,61 +1173,54 @@ CREATE OR REPLACE FUNCTION _call_for(w work_items) RETURNS api_call
 LANGUAGE plpgsql AS $$
 DECLARE
     r signatur_anfragen;
-    sr text;
-    old_sid text;
-    n signers;
 BEGIN
     IF w.kind = 'anchor' THEN
         RETURN _anchor_call(w);
     END IF;
     SELECT * INTO r FROM signatur_anfragen WHERE id = w.request_id;
-    sr := '/signature-requests/' || _url_escape(coalesce(r.skribble_id, ''));
-    CASE w.kind
-    WHEN 'submit' THEN
-        IF w.payload ? 'posted' THEN
-            -- a create whose outcome is unknown: look for it at once (see
-            -- _search_answer), without paging first
-            RETURN _skribble_call(w, 'search', 'GET', '/signature-requests?search=' || _url_escape(r.title)
-                                  || coalesce('&page_number=' || (w.payload ->> 'page') || '&page_size=100', ''));
-        END IF;
-        UPDATE work_items SET payload = payload || jsonb_build_object('posted', clock()) WHERE id = w.id;
-        RETURN _skribble_call(w, 'create', 'POST', '/signature-requests', _create_body(r)::text);
-    WHEN 'refresh' THEN
-        RETURN _skribble_call(w, 'get', 'GET', sr);
-    WHEN 'remind' THEN
-        RETURN _skribble_call(w, 'remind', 'POST', sr || '/remind');
-    WHEN 'withdraw', 'expire' THEN
-        RETURN _skribble_call(w, 'withdraw', 'POST', sr || '/withdraw', jsonb_build_object('message',
-                   CASE w.kind WHEN 'expire' THEN 'expired' ELSE coalesce(w.payload ->> 'reason', 'withdrawn') END)::text);
-    WHEN 'replace_signer' THEN
-        SELECT s.sid INTO old_sid FROM signers s WHERE s.id = (w.payload ->> 'old_signer')::bigint;
-        old_sid := coalesce(old_sid, w.payload ->> 'old_sid');
-        IF old_sid IS NOT NULL AND NOT w.payload ? 'deleted' THEN
-            RETURN _skribble_call(w, 'delete_signer', 'DELETE', sr || '/signatures/' || _url_escape(old_sid));
-        END IF;
-        SELECT * INTO n FROM signers s WHERE s.id = (w.payload ->> 'new_signer')::bigint;
-        RETURN _skribble_call(w, 'add_signer', 'POST', sr || '/signatures', _signer_body(n, r.ordered)::text);
-    WHEN 'archive' THEN
+    IF w.kind = 'archive' THEN
         RETURN _archive_call(w, r);
-    END CASE;
+    END IF;
+    RETURN _provider_call(w, r);
 END
 $$;
 
--- _claimable: a due item the worker may take now (archive and anchor need
--- the bucket; calls about a request need it to exist at Skribble)
-CREATE FUNCTION _claimable(kind text, skribble_id text) RETURNS boolean
-LANGUAGE sql STABLE AS $$
+-- _claimable: a due item the worker may take now.  Archive and anchor need
+-- the bucket; a provider's calls need it ready (Skribble: a session token;
+-- Yousign: an API key) and not paused by its rate limit, and calls about a
+-- request need it to exist there.  Archiving whose provider objects are
+-- all fetched is S3 work only, and never waits for the provider.
+CREATE FUNCTION _claimable(kind text, provider text, provider_id text, ready text[], fetched boolean)
+RETURNS boolean LANGUAGE sql STABLE AS $$
     SELECT CASE WHEN kind IN ('archive', 'anchor') AND NOT qes_sign._s3_configured() THEN false
-                ELSE kind IN ('submit', 'anchor') OR skribble_id IS NOT NULL END
+                WHEN kind = 'anchor' OR (kind = 'archive' AND fetched) THEN true
+                WHEN NOT provider = ANY (ready) THEN false
+                ELSE kind IN ('submit', 'archive', 'discard') OR provider_id IS NOT NULL END
 $$;
 
-CREATE OR REPLACE FUNCTION _claim(n int) RETURNS SETOF api_call
+-- _ready: the providers the worker can call now, less those paused
+CREATE FUNCTION _ready(ready text[]) RETURNS text[]
+LANGUAGE sql STABLE AS $$
+    SELECT ARRAY(SELECT unnest(ready) EXCEPT
+                 SELECT p.provider FROM qes_sign.provider_pauses p WHERE p.until > qes_sign.clock())
+$$;
+
+-- _fetched: every object of the provider is staged for the archive
+CREATE FUNCTION _fetched(request_id uuid) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT count(*) = 3 FROM qes_sign.archive_staging g
+     WHERE g.request_id = _fetched.request_id AND g.kind IN ('signed_pdf', 'protocol_pdf', 'protocol_json')
+$$;
+
+DROP FUNCTION _claim(int);
+CREATE FUNCTION _claim(n int, ready text[] DEFAULT '{skribble,yousign}') RETURNS SETOF api_call
 LANGUAGE plpgsql SET search_path = pg_catalog, qes_sign, pg_temp AS $$
 DECLARE
     item work_items;
     call api_call;
     ids bigint[];
 BEGIN
+    ready := _ready(ready);
     -- verified callbacks become one refresh per request; one already in
     -- flight runs again when it is done, since it may have read older state
     WITH d AS (UPDATE callback_inbox SET processed_at = clock()
@@ -1507,7 +1242,9 @@ BEGIN
     ids := ids || ARRAY(SELECT w.id FROM work_items w LEFT JOIN signatur_anfragen a ON a.id = w.request_id
                          WHERE w.state = 'pending' AND w.due_at <= clock()
                            AND (w.leased_until IS NULL OR w.leased_until < clock())
-                           AND _claimable(w.kind, a.skribble_id) AND w.id <> ALL (ids)
+                           AND _claimable(w.kind, a.provider, a.provider_id, ready,
+                                          w.kind = 'archive' AND _fetched(w.request_id))
+                           AND w.id <> ALL (ids)
                          ORDER BY w.due_at, w.id LIMIT n - cardinality(ids)
                            FOR UPDATE OF w SKIP LOCKED);
     FOR item IN
@@ -1523,12 +1260,14 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION _next_due() RETURNS double precision
+DROP FUNCTION _next_due();
+CREATE FUNCTION _next_due(ready text[] DEFAULT '{skribble,yousign}') RETURNS double precision
 LANGUAGE sql STABLE SET search_path = pg_catalog, qes_sign, pg_temp AS $$
     SELECT greatest(0, extract(epoch FROM min(w.due_at) - clock()) * 1000)
       FROM work_items w LEFT JOIN signatur_anfragen a ON a.id = w.request_id
      WHERE w.state = 'pending' AND (w.leased_until IS NULL OR w.leased_until < clock())
-       AND _claimable(w.kind, a.skribble_id)
+       AND _claimable(w.kind, a.provider, a.provider_id, _ready(ready),
+                      w.kind = 'archive' AND _fetched(w.request_id))
 $$;
 
 -- _anchor_due: the head moved since the last anchor, and that anchor is
@@ -1541,24 +1280,45 @@ CREATE FUNCTION _anchor_due() RETURNS boolean LANGUAGE sql STABLE AS $$
            < qes_sign.clock() - current_setting('qes_sign.audit_anchor_interval')::interval
 $$;
 
+CREATE INDEX work_items_polls ON work_items (created_at) WHERE kind = 'refresh' AND payload ? 'poll';
+
+-- _poll_budget: reconciliation refreshes a provider may still get this
+-- minute: its hourly budget (qes_sign.yousign_poll_budget) spread over the
+-- hour, less the polls of the last minute.  Webhooks make polls rare.
+CREATE FUNCTION _poll_budget(p_provider text) RETURNS int
+LANGUAGE sql STABLE AS $$
+    SELECT greatest(0, ceil(current_setting('qes_sign.' || p_provider || '_poll_budget')::int / 60.0)::int
+                       - (SELECT count(*) FROM qes_sign.work_items w JOIN qes_sign.signatur_anfragen a ON a.id = w.request_id
+                           WHERE w.kind = 'refresh' AND w.payload ? 'poll' AND a.provider = p_provider
+                             AND w.created_at > qes_sign.clock() - interval '1 minute')::int)
+$$;
+
 CREATE OR REPLACE FUNCTION _tick() RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, qes_sign, pg_temp AS $$
 DECLARE
     r signatur_anfragen;
     schedule text[] := string_to_array(replace(current_setting('qes_sign.auto_remind'), ' ', ''), ',');
 BEGIN
-    -- lost callbacks only delay: fetch every open request now and then
-    INSERT INTO work_items (request_id, kind)
-    SELECT a.id, 'refresh' FROM signatur_anfragen a
-     WHERE a.status IN ('offen', 'in_signatur') AND a.skribble_id IS NOT NULL
+    -- lost callbacks only delay: fetch every open request now and then,
+    -- within the provider's polling budget (_poll_budget)
+    INSERT INTO work_items (request_id, kind, payload)
+    SELECT a.id, 'refresh', '{"poll": true}' FROM signatur_anfragen a
+     WHERE a.status IN ('offen', 'in_signatur') AND a.provider_id IS NOT NULL AND a.provider = 'skribble'
        AND coalesce(a.synced_at, a.sent_at) < clock() - current_setting('qes_sign.reconcile_interval')::interval
+    ON CONFLICT (request_id, kind) WHERE state = 'pending' AND kind <> 'replace_signer' DO NOTHING;
+    INSERT INTO work_items (request_id, kind, payload)
+    SELECT x.id, 'refresh', '{"poll": true}'
+      FROM (SELECT a.id FROM signatur_anfragen a
+             WHERE a.status IN ('offen', 'in_signatur') AND a.provider_id IS NOT NULL AND a.provider = 'yousign'
+               AND coalesce(a.synced_at, a.sent_at) < clock() - current_setting('qes_sign.reconcile_interval')::interval
+             ORDER BY coalesce(a.synced_at, a.sent_at) LIMIT _poll_budget('yousign')) x
     ON CONFLICT (request_id, kind) WHERE state = 'pending' AND kind <> 'replace_signer' DO NOTHING;
 
     FOR r IN SELECT * FROM signatur_anfragen a
               WHERE a.status IN ('offen', 'in_signatur') AND a.expires_at <= clock()
                 AND NOT EXISTS (SELECT FROM work_items w WHERE w.request_id = a.id AND w.kind = 'expire')
                 FOR UPDATE SKIP LOCKED LOOP
-        IF r.skribble_id IS NOT NULL THEN
+        IF r.provider_id IS NOT NULL THEN
             PERFORM _enqueue(r.id, 'expire');
         ELSIF NOT EXISTS (SELECT FROM work_items w WHERE w.request_id = r.id AND w.kind = 'submit'
                             AND w.state = 'pending' AND (w.payload ? 'posted' OR w.leased_until IS NOT NULL)) THEN
@@ -1571,7 +1331,7 @@ BEGIN
         SELECT a.id, 'remind', '{"auto": true}' FROM signatur_anfragen a
          CROSS JOIN LATERAL (SELECT count(*) AS n FROM work_items w
                               WHERE w.request_id = a.id AND w.kind = 'remind' AND w.payload ? 'auto') k
-         WHERE a.status IN ('offen', 'in_signatur') AND a.skribble_id IS NOT NULL
+         WHERE a.status IN ('offen', 'in_signatur') AND a.provider_id IS NOT NULL
            AND k.n < schedule[3]::int
            AND clock() >= a.sent_at + schedule[1]::interval + schedule[2]::interval * k.n
         ON CONFLICT (request_id, kind) WHERE state = 'pending' AND kind <> 'replace_signer' DO NOTHING;
@@ -1593,6 +1353,208 @@ BEGIN
     DELETE FROM work_items WHERE state <> 'pending' AND finished_at < clock() - interval '30 days';
     DELETE FROM callback_inbox WHERE processed_at < clock() - interval '30 days';
     DELETE FROM webhook_ids WHERE received_at < clock() - interval '1 day';
+END
+$$;
+
+-------------------------------------------------------------------------------
+-- Archive: the same objects, keys and checks whatever the provider; the
+-- provider only says how to fetch its three objects (_provider_fetch)
+-------------------------------------------------------------------------------
+
+-- _archive_call: the next step of archiving: fetch from the provider what
+-- is not staged, then PUT and HEAD each object; once all are verified the
+-- request is archived without another call (NULL)
+CREATE OR REPLACE FUNCTION _archive_call(w work_items, r signatur_anfragen) RETURNS api_call
+LANGUAGE plpgsql AS $$
+DECLARE
+    next_kind text;
+    next_key text;
+    next_type text;
+    stored boolean;
+    staged text[] := ARRAY(SELECT kind FROM archive_staging WHERE request_id = r.id);
+BEGIN
+    SELECT k INTO next_kind FROM unnest(ARRAY['signed_pdf', 'protocol_pdf', 'protocol_json']) k
+     WHERE NOT k = ANY (staged) LIMIT 1;
+    IF FOUND THEN
+        RETURN _provider_fetch(w, r, next_kind);
+    ELSIF NOT 'record_json' = ANY (staged) THEN
+        PERFORM _stage(r, 'record_json', _archive_record(r), 'application/json');
+    END IF;
+    -- (the content is read only for a PUT: a 10 MB PDF is not copied around)
+    SELECT kind, key, content_type, stored_at IS NOT NULL INTO next_kind, next_key, next_type, stored
+      FROM archive_staging WHERE request_id = r.id AND verified_at IS NULL ORDER BY kind LIMIT 1;
+    IF FOUND AND NOT stored THEN
+        RETURN ROW(w.id, r.id, 'put:' || next_kind, 's3', 'PUT', next_key, NULL,
+                   (SELECT content FROM archive_staging WHERE request_id = r.id AND kind = next_kind),
+                   _put_headers(r, next_type), NULL)::api_call;
+    ELSIF FOUND THEN
+        RETURN ROW(w.id, r.id, 'head:' || next_kind, 's3', 'HEAD', next_key, NULL, NULL, NULL, NULL)::api_call;
+    END IF;
+    PERFORM _archive_finish(w, r);
+    RETURN NULL;
+END
+$$;
+
+-- _archive_answer: a successful answer to a step of archiving.  A fetched
+-- object is checked (a PDF is a PDF, JSON is JSON) after the provider made
+-- it the archived object (_provider_object: Yousign's protocol.json joins
+-- the request and its signers)
+CREATE OR REPLACE FUNCTION _archive_answer(w work_items, call_kind text, body bytea, headers text) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    r signatur_anfragen;
+    step text := split_part(call_kind, ':', 1);
+    obj text := split_part(call_kind, ':', 2);
+    g record;
+BEGIN
+    SELECT * INTO r FROM signatur_anfragen WHERE id = w.request_id;
+    SELECT key, size, sha256 INTO g FROM archive_staging WHERE request_id = r.id AND kind = obj;
+    CASE step
+    WHEN 'fetch' THEN
+        body := _provider_object(r, obj, body);
+        IF obj LIKE '%pdf' AND substring(body FROM 1 FOR 5) IS DISTINCT FROM '\x255044462d'::bytea THEN
+            RETURN _retry(w, format('%s''s %s is not a PDF', initcap(r.provider), obj));
+        ELSIF obj LIKE '%json' AND NOT _is_json(body) THEN
+            RETURN _retry(w, format('%s''s %s is not JSON', initcap(r.provider), obj));
+        END IF;
+        PERFORM _stage(r, obj, body, CASE WHEN obj LIKE '%pdf' THEN 'application/pdf' ELSE 'application/json' END);
+    WHEN 'put' THEN
+        UPDATE archive_staging SET stored_at = clock() WHERE request_id = r.id AND kind = obj;
+    WHEN 'head' THEN
+        -- size and digest as stored (S3 checked the bytes against Content-MD5
+        -- and x-amz-checksum-sha256 when it took them)
+        IF _header(headers, 'content-length') IS DISTINCT FROM g.size::text
+           OR _header(headers, 'x-amz-meta-sha256') IS DISTINCT FROM encode(g.sha256, 'hex') THEN
+            -- never accepted: upload it again
+            UPDATE archive_staging SET stored_at = NULL WHERE request_id = r.id AND kind = obj;
+            RETURN _retry(w, format('archive object %s does not match after upload (size %s, sha256 %s)',
+                                    g.key, _header(headers, 'content-length'),
+                                    coalesce(_header(headers, 'x-amz-meta-sha256'), 'missing')));
+        END IF;
+        UPDATE archive_staging SET verified_at = clock() WHERE request_id = r.id AND kind = obj;
+    ELSE
+        RETURN _again(w.id, '0');   -- a provider's intermediate step (_provider_object kept it)
+    END CASE;
+    RETURN _again(w.id, '0');
+END
+$$;
+
+-- _archive_record: the request as an auditor reads it years later: data,
+-- its provider and ids there, signers, digests of the other objects, and
+-- its audit entries
+CREATE OR REPLACE FUNCTION _archive_record(r signatur_anfragen) RETURNS bytea
+LANGUAGE sql STABLE SET search_path = pg_catalog, qes_sign, pg_temp AS $$
+    SELECT convert_to(jsonb_pretty(jsonb_build_object(
+        'format', 'qes_sign-record-v1',
+        'request', jsonb_strip_nulls(jsonb_build_object(
+            'id', r.id, 'verwaltung', r.verwaltung, 'vorgangstyp', r.vorgangstyp, 'title', r.title,
+            'quality', r.quality, 'legislation', r.legislation, 'provider', r.provider,
+            'provider_id', r.provider_id,
+            'document_id', r.document_id, 'document_sha256', encode(r.document_sha256, 'hex'),
+            'document_size', r.document_size, 'created_by', r.created_by,
+            'created_at', _iso(r.created_at), 'sent_at', _iso(r.sent_at),
+            'first_viewed_at', _iso(r.first_viewed_at), 'completed_at', _iso(r.completed_at),
+            'retention_until', r.retention_until)),
+        'signers', (SELECT jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
+                        'email', s.email, 'first_name', s.first_name, 'last_name', s.last_name,
+                        'status', s.status, 'provider_signer_id', s.provider_signer_id,
+                        'viewed_at', _iso(s.viewed_at),
+                        'signed_at', _iso(s.signed_at), 'signed_quality', s.signed_quality))
+                        ORDER BY s.position, s.id)
+                      FROM signers s WHERE s.request_id = r.id),
+        'objects', (SELECT jsonb_object_agg(g.kind, jsonb_build_object(
+                        'key', g.key, 'sha256', encode(g.sha256, 'hex'), 'size', g.size))
+                      FROM archive_staging g WHERE g.request_id = r.id),
+        'audit', (SELECT jsonb_agg(jsonb_build_object(
+                      'seq', l.seq, 'at', _iso(l.at), 'event', l.event, 'actor', l.actor,
+                      'detail', l.detail, 'hash', encode(l.hash, 'hex')) ORDER BY l.seq)
+                    FROM audit_log l WHERE l.request_id = r.id))), 'UTF8')
+$$;
+
+-------------------------------------------------------------------------------
+-- Provider dispatch: the only place that names every provider.  A provider
+-- <p> gives, in provider-<p>.sql: _<p>_call_for (the call a work item needs),
+-- _<p>_answer (a 2xx answer), _<p>_failure (any other outcome),
+-- _<p>_fetch (an archive object), _<p>_message (an error body as text),
+-- _<p>_check (create_request's extra rules), _<p>_replace_check, and,
+-- where it needs them, _<p>_object and _<p>_limits.
+-------------------------------------------------------------------------------
+CREATE FUNCTION _provider_call(w work_items, r signatur_anfragen) RETURNS api_call
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN CASE r.provider WHEN 'skribble' THEN _skribble_call_for(w, r)
+                           WHEN 'yousign' THEN _yousign_call_for(w, r) END;
+END
+$$;
+
+CREATE FUNCTION _provider_answer(provider text, w work_items, call_kind text, answer jsonb) RETURNS text
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN CASE provider WHEN 'skribble' THEN _skribble_answer(w, call_kind, answer)
+                         WHEN 'yousign' THEN _yousign_answer(w, call_kind, answer) END;
+END
+$$;
+
+CREATE FUNCTION _provider_failure(provider text, w work_items, call_kind text, http_status int, body bytea,
+                                  retry_after int, transport_error text) RETURNS text
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN CASE provider
+        WHEN 'skribble' THEN _skribble_failure(w, call_kind, http_status, body, retry_after, transport_error)
+        WHEN 'yousign' THEN _yousign_failure(w, call_kind, http_status, body, retry_after, transport_error) END;
+END
+$$;
+
+CREATE FUNCTION _provider_fetch(w work_items, r signatur_anfragen, obj text) RETURNS api_call
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN CASE r.provider WHEN 'skribble' THEN _skribble_fetch(w, r, obj)
+                           WHEN 'yousign' THEN _yousign_fetch(w, r, obj) END;
+END
+$$;
+
+CREATE FUNCTION _provider_object(r signatur_anfragen, obj text, body bytea) RETURNS bytea
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN CASE r.provider WHEN 'yousign' THEN _yousign_object(r, obj, body) ELSE body END;
+END
+$$;
+
+CREATE FUNCTION _provider_message(provider text, body bytea, http_status int, OUT message text, OUT key text)
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF provider = 'yousign' THEN
+        SELECT * INTO message, key FROM _yousign_message(body, http_status);
+    ELSE
+        SELECT * INTO message, key FROM _skribble_message(body, http_status);
+    END IF;
+END
+$$;
+
+CREATE FUNCTION _provider_check(provider text, signers jsonb, quality text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF provider = 'yousign' THEN
+        PERFORM _yousign_check(signers, quality);
+    END IF;
+END
+$$;
+
+CREATE FUNCTION _provider_replace_check(r signatur_anfragen) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF r.provider = 'yousign' THEN
+        PERFORM _yousign_replace_check(r);
+    END IF;
+END
+$$;
+
+CREATE FUNCTION _provider_limits(provider text, http_status int, retry_after int, headers text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF provider = 'yousign' THEN
+        PERFORM _yousign_limits(http_status, retry_after, headers);
+    END IF;
 END
 $$;
 
@@ -1636,45 +1598,3 @@ SELECT DISTINCT ON (w.request_id)
  WHERE w.last_error IS NOT NULL AND w.last_error NOT LIKE 'cancelled:%'
  ORDER BY w.request_id, w.id DESC;
 
--------------------------------------------------------------------------------
--- Privileges of the new objects
--------------------------------------------------------------------------------
--- (as in 1.0: nothing for PUBLIC, then what each role needs)
-REVOKE ALL ON ALL TABLES IN SCHEMA qes_sign FROM PUBLIC;
-REVOKE ALL ON ALL FUNCTIONS IN SCHEMA qes_sign FROM PUBLIC;
--- row-level security calls it for the application's queries
-GRANT EXECUTE ON FUNCTION _session_tenant(), my_tenants() TO qes_sign_app;
-GRANT SELECT ON tenant_grants, audit_anchors, webhook_ids TO qes_sign_admin;
-GRANT EXECUTE ON FUNCTION grant_tenant(regrole, text), revoke_tenant(regrole, text),
-                          anchor_audit_chain(), verify_audit_chain(int)
-    TO qes_sign_admin;
-
--- an update from 1.0: the portal roles hold no tenant yet; say which to grant
--- (a WARNING: extension scripts run with client_min_messages at least that)
-DO $$
-DECLARE
-    missing text := (SELECT string_agg(DISTINCT a.verwaltung, ', ') FROM signatur_anfragen a);
-BEGIN
-    IF missing IS NOT NULL THEN
-        RAISE WARNING 'qes_sign 1.1 binds tenants to roles; grant each portal role its tenants: %', missing
-            USING HINT = 'SELECT qes_sign.grant_tenant(''portal_role'', ''verwaltung''); until then the portal sees no requests.';
-    END IF;
-END
-$$;
-
--------------------------------------------------------------------------------
--- Last: every function of the schema that pins search_path names pg_temp
--- last; PostgreSQL searches an unnamed pg_temp first, and any role can
--- create temporary tables
--------------------------------------------------------------------------------
-DO $$
-DECLARE
-    f regprocedure;
-BEGIN
-    FOR f IN SELECT p.oid FROM pg_proc p
-              WHERE p.pronamespace = 'qes_sign'::regnamespace
-                AND p.proconfig @> ARRAY['search_path=pg_catalog, qes_sign'] LOOP
-        EXECUTE format('ALTER FUNCTION %s SET search_path = pg_catalog, qes_sign, pg_temp', f);
-    END LOOP;
-END
-$$;
