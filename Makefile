@@ -26,7 +26,8 @@ PGFILEDESC = "qes_sign - qualified electronic signature workflows"
 
 # pg_regress suites (sql/*.sql, expected/*.out), in order
 REGRESS = install status_machine create_request actions apply_state \
-	audit callbacks webhooks security worker_rules archive trust_boundary skribble_rules
+	audit callbacks webhooks security worker_rules archive trust_boundary skribble_rules \
+	yousign_rules
 # isolation specs (specs/*.spec, expected/*.out)
 ISOLATION = concurrent_completion concurrent_audit notifications
 REGRESS_OPTS = --temp-config=$(srcdir)/test/qes_sign.conf --temp-instance=./tmp_check

@@ -1,11 +1,25 @@
 #!/usr/bin/env node
 // make_lease_pdf.js: writes the article's merged lease to stdout, a valid
-// PDF 1.4 of 7 contract pages and 3 annexes (Hausordnung,
+// PDF 1.7 of 7 contract pages and 3 annexes (Hausordnung,
 // Übergabeprotokoll-Vorlage, Datenschutzhinweise) with continuous page
-// numbers.  Usage: node make_lease_pdf.js [pad-to-bytes] > lease.pdf
+// numbers.  1.7 because Yousign takes PDF 1.6 or later only; nothing in the
+// file needs more than 1.4, so Skribble reads it as before.  The last page
+// has room at the bottom for the signature fields Yousign needs (qes_sign
+// places them there, see vorgangstypen.signature_field).
+// Usage: node make_lease_pdf.js [pad-to-bytes] [--provider skribble|yousign] > lease.pdf
+// (--provider names the trust service in § 7; default Skribble)
 'use strict';
 
-const padTo = Number(process.argv[2] || 0);
+const args = process.argv.slice(2);
+const pi = args.findIndex((a) => a === '--provider' || a.startsWith('--provider='));
+const provider = pi < 0 ? 'skribble'
+  : args[pi].includes('=') ? args.splice(pi, 1)[0].split('=')[1] : args.splice(pi, 2)[1];
+const service = { skribble: 'Skribble', yousign: 'Yousign' }[provider];
+if (!service) {
+  process.stderr.write(`make_lease_pdf.js: unknown provider ${provider} (skribble or yousign)\n`);
+  process.exit(2);
+}
+const padTo = Number(args[0] || 0);
 
 const contract = [
   ['Mietvertrag über Wohnraum', [
@@ -22,7 +36,7 @@ const contract = [
   ['§ 5 Schönheitsreparaturen und Instandhaltung', ['Es gelten die gesetzlichen Regelungen.']],
   ['§ 6 Hausordnung, Tierhaltung, Untervermietung', ['Die Hausordnung (Anlage 1) ist Bestandteil dieses Vertrages.']],
   ['§ 7 Schlussbestimmungen, Unterschriften', ['Anlagen: 1 Hausordnung, 2 Übergabeprotokoll-Vorlage, 3 Datenschutzhinweise.',
-    'Unterschriften: qualifizierte elektronische Signaturen (Skribble, eIDAS).']],
+    `Unterschriften: qualifizierte elektronische Signaturen (${service}, eIDAS).`]],
 ];
 const annexes = [
   ['Anlage 1: Hausordnung', ['Ruhezeiten 22 bis 7 Uhr. Treppenhaus und Keller sind freizuhalten.']],
@@ -65,7 +79,7 @@ const kids = pages.map(([title, lines], i) => {
 objects[catalog - 1] = `<< /Type /Catalog /Pages ${pagesObj} 0 R >>`;
 objects[pagesObj - 1] = `<< /Type /Pages /Kids [${kids.map((k) => `${k} 0 R`).join(' ')}] /Count ${kids.length} >>`;
 
-let pdf = '%PDF-1.4\n%\xe2\xe3\xcf\xd3\n';
+let pdf = '%PDF-1.7\n%\xe2\xe3\xcf\xd3\n';
 const offsets = [];
 objects.forEach((body, i) => {
   offsets.push(Buffer.byteLength(pdf, 'latin1'));

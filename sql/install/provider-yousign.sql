@@ -339,7 +339,10 @@ BEGIN
             'provider_id', best ->> 'id', 'step', 'draft', 'lookups', lookups,
             'documents', jsonb_array_length(coalesce(best -> 'documents', '[]')),
             'signers', jsonb_array_length(coalesce(best -> 'signers', '[]')))));
-        UPDATE work_items SET payload = payload - 'lookup' - 'lost' - 'document' - 'pages' - 'anchors' - 'signers'
+        -- (the pages of a document already read stay known)
+        UPDATE work_items SET payload = payload - 'lookup' - 'lost' - 'signers'
+                                        - CASE WHEN payload ->> 'document' IS DISTINCT FROM best #>> '{documents,0,id}'
+                                               THEN ARRAY['document', 'pages', 'anchors'] ELSE '{}' END
          WHERE id = w.id;
         RETURN _yousign_step(w, jsonb_strip_nulls(jsonb_build_object('draft', best ->> 'id', 'lookups', lookups,
             'document', best #>> '{documents,0,id}',

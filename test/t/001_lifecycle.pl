@@ -24,7 +24,7 @@ sub signer_status
 	return one("SELECT status FROM qes_sign.signers WHERE request_id = '$id' AND email = '$email'");
 }
 sub has_event { my ($id, $e) = @_; return scalar grep { $_ eq $e } @{ events($node, $id) }; }
-sub sr_at_double { my ($id) = @_; return ctl_get($d, 'signature-requests/' . req($id, 'skribble_id')); }
+sub sr_at_double { my ($id) = @_; return ctl_get($d, 'signature-requests/' . req($id, 'provider_id')); }
 
 ok(wait_until($node, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'qes_sign worker' "
 	  . "AND application_name = 'qes_sign worker' AND datname = 'postgres'", '1', 30),
@@ -94,7 +94,7 @@ scenario 'ordered signing' => sub {
 	submitted_ok($node, [$ord], undef, 'ordered request submitted');
 	ok(wait_until($node, "SELECT string_agg(status::text, ',' ORDER BY sequence) FROM qes_sign.signers "
 		  . "WHERE request_id = '$ord'", 'open,waiting'), 'ordered: signer 2 waiting');
-	my $ord_sr = req($ord, 'skribble_id');
+	my $ord_sr = req($ord, 'provider_id');
 	is(signer_action($d, $ord_sr, 'signer2@example.org', 'sign'), 409, 'the double refuses the second signer first');
 	is(signer_action($d, $ord_sr, 'signer1@example.org', 'sign'), 200, 'signer 1 signs');
 	ok(wait_until($node, "SELECT string_agg(status::text, ',' ORDER BY sequence) FROM qes_sign.signers "
@@ -108,7 +108,7 @@ scenario 'ordered signing' => sub {
 scenario 'a signer declines' => sub {
 	my ($dec) = create_requests($node, 1);
 	submitted_ok($node, [$dec], undef, 'request to decline submitted');
-	is(signer_action($d, req($dec, 'skribble_id'), 'signer2@example.org', 'decline',
+	is(signer_action($d, req($dec, 'provider_id'), 'signer2@example.org', 'decline',
 			{ message => 'Falsche Miethöhe' }), 200, 'signer 2 declines');
 	ok(wait_until($node, "SELECT status || ' ' || (cancel_reason LIKE 'declined%') FROM qes_sign.signatur_anfragen "
 		  . "WHERE id = '$dec'", 'abgebrochen true'), 'declined: abgebrochen, reason declined...');
@@ -129,7 +129,7 @@ scenario 'expiry' => sub {
 	my ($exp) = create_requests($node, 1, expires_in => '2 seconds');
 	ok(wait_until($node, "SELECT status || ' / ' || cancel_reason FROM qes_sign.signatur_anfragen WHERE id = '$exp'",
 			'abgebrochen / expired', 30), 'expired: abgebrochen, reason expired');
-	if (req($exp, 'skribble_id') ne '')
+	if (req($exp, 'provider_id') ne '')
 	{
 		is(sr_at_double($exp)->{status_overall}, 'WITHDRAWN', 'the expired request is withdrawn at Skribble');
 	}
@@ -145,8 +145,8 @@ scenario 'replace a signer' => sub {
 	my @emails = sort map { $_->{signer_identity_data}{email_address} } @{ sr_at_double($rep)->{signatures} };
 	is_deeply(\@emails, [ 'berta.neu@example.org', 'signer1@example.org' ],
 		'at Skribble: the old signer removed, the new one added');
-	is(signer_action($d, req($rep, 'skribble_id'), 'signer1@example.org', 'sign'),   200, 'signer 1 signs');
-	is(signer_action($d, req($rep, 'skribble_id'), 'berta.neu@example.org', 'sign'), 200, 'the new signer signs');
+	is(signer_action($d, req($rep, 'provider_id'), 'signer1@example.org', 'sign'),   200, 'signer 1 signs');
+	is(signer_action($d, req($rep, 'provider_id'), 'berta.neu@example.org', 'sign'), 200, 'the new signer signs');
 	ok(wait_until($node, "SELECT status FROM qes_sign.signatur_anfragen WHERE id = '$rep'", 'vollstaendig'),
 		'request with the replaced signer vollstaendig');
 	is(one("SELECT string_agg(email || '=' || status, ',' ORDER BY id) FROM qes_sign.signers WHERE request_id = '$rep'"),
