@@ -254,7 +254,7 @@ async function main() {
   const s3 = await s3stats();
   say();
   say(`== gleich danach: der Worker archiviert den Vertrag im S3-Bucket archive   [${arc.ms} ms nach vollstaendig]`);
-  say('  Skribble: signiertes PDF, Signaturprotokoll (PDF und JSON) abgeholt; dazu record.json (Anfrage, Signierende, Audit)');
+  await P.fetched();
   say(`  S3: ${Object.entries(s3).sort().map(([k, n]) => `${n}× ${k}`).join(', ')} ` +
       '(SigV4, Content-MD5 und x-amz-checksum-sha256 je PUT, HEAD prüft Größe und x-amz-meta-sha256)');
   await portalSees();

@@ -296,3 +296,18 @@ SELECT status FROM qes_sign.signatur_anfragen WHERE id = regress.uuid(841);
 -- the fields under "metadata" (a third-party fixture set's shape) work too
 SELECT regress.yhook('{"metadata": {"event_id": "ev-2", "event_name": "signature_request.done"}, "data": {"signature_request": {"id": "ys-841"}}}');
 SELECT regress.yhook('not json at all');
+
+-- 8. The worker claims per provider and target: with no provider ready
+-- (no Skribble token, no Yousign key) a request whose provider objects are
+-- fetched is still uploaded; one still fetching waits for its provider
+SELECT regress.yactive(regress.uuid(851));
+SELECT qes_sign._yousign_apply(regress.uuid(851), regress.ysr(regress.uuid(851), 'done', '{signed,signed}')::jsonb);
+SELECT count(*) AS claimed_without_providers FROM qes_sign._claim(10, '{}') WHERE request_id = regress.uuid(851);
+SELECT kind, path FROM regress.ycall(regress.uuid(851));
+SELECT regress.yreply(regress.uuid(851), 'archive', 'fetch:signed_pdf', 200, '%PDF-1.7 signed %%EOF');
+SELECT regress.yreply(regress.uuid(851), 'archive', 'fetch:protocol_pdf', 200, '%PDF-1.7 audit trail %%EOF');
+SELECT regress.yreply(regress.uuid(851), 'archive', 'fetch:protocol_json', 200,
+    '[{"id": "sg-1", "status": "signed", "info": {"email": "signer1@example.org"}}]');
+SELECT c.kind, c.target, c.method FROM qes_sign._claim(10, '{}') c WHERE c.request_id = regress.uuid(851);
+SELECT jsonb_object_keys(convert_from(content, 'UTF8')::jsonb) AS protocol_json_keys FROM qes_sign.archive_staging
+ WHERE request_id = regress.uuid(851) AND kind = 'protocol_json' ORDER BY 1;

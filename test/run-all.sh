@@ -47,12 +47,12 @@ echo "== Skribble double self-test"
 passed=$((passed + $(sed -n 's/^# pass //p' "$scratch/double.log" | tail -1)))
 failed=$((failed + $(sed -n 's/^# fail //p' "$scratch/double.log" | tail -1)))
 
-echo "== Yousign double self-test (API v3, the second provider; not used by the worker yet)"
+echo "== Yousign double self-test (API v3, the second provider)"
 (cd "$repo" && node --test test/yousign_double/selftest.js) 2>&1 | tee "$scratch/ydouble.log" | grep -E '^# (tests|pass|fail)|^not ok'
 passed=$((passed + $(sed -n 's/^# pass //p' "$scratch/ydouble.log" | tail -1)))
 failed=$((failed + $(sed -n 's/^# fail //p' "$scratch/ydouble.log" | tail -1)))
 
-echo "== TAP: the background worker against the Skribble double (test/t)"
+echo "== TAP: the background worker against the Skribble and Yousign doubles (test/t)"
 tap=$scratch/tap
 mkdir -p "$tap" && chown postgres "$tap"
 (cd "$tap" && runuser -u postgres -- env TESTDIR="$tap" PATH="$bindir:$PATH" \
