@@ -311,3 +311,18 @@ SELECT regress.yreply(regress.uuid(851), 'archive', 'fetch:protocol_json', 200,
 SELECT c.kind, c.target, c.method FROM qes_sign._claim(10, '{}') c WHERE c.request_id = regress.uuid(851);
 SELECT jsonb_object_keys(convert_from(content, 'UTF8')::jsonb) AS protocol_json_keys FROM qes_sign.archive_staging
  WHERE request_id = regress.uuid(851) AND kind = 'protocol_json' ORDER BY 1;
+
+-- 9. A signer's time is Yousign's: when a refresh shows a signer's status
+-- changed, its signers are read (signed_at) before anything is applied
+SELECT regress.yactive(regress.uuid(861));
+SELECT count(*) FROM (SELECT qes_sign._enqueue(regress.uuid(861), 'refresh')) e;
+SELECT kind FROM regress.ycall(regress.uuid(861));
+SELECT regress.yreply(regress.uuid(861), 'refresh', 'get', 200, regress.ysr(regress.uuid(861), 'ongoing', '{signed,notified}'));
+SELECT status FROM qes_sign.signers WHERE request_id = regress.uuid(861) ORDER BY position;
+SELECT kind, path FROM regress.ycall(regress.uuid(861));
+SELECT regress.yreply(regress.uuid(861), 'refresh', 'get_signers', 200,
+    '[{"id": "sg-1", "status": "signed", "signed_at": "2026-03-19T09:34:27+00:00", "info": {"email": "signer1@example.org"}},
+      {"id": "sg-2", "status": "notified", "signed_at": null, "info": {"email": "signer2@example.org"}}]');
+SELECT email, status, signed_at FROM qes_sign.signers WHERE request_id = regress.uuid(861) ORDER BY position;
+SELECT a.status, w.state FROM qes_sign.signatur_anfragen a JOIN qes_sign.work_items w ON w.request_id = a.id
+ WHERE a.id = regress.uuid(861) AND w.kind = 'refresh';

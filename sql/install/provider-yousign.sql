@@ -150,6 +150,9 @@ BEGIN
     WHEN 'submit' THEN
         RETURN _yousign_submit(w, r);
     WHEN 'refresh' THEN
+        IF w.payload ? 'sr' THEN
+            RETURN _yousign_call(w, 'get_signers', 'GET', sr || '/signers');
+        END IF;
         RETURN _yousign_call(w, 'get', 'GET', sr);
     WHEN 'remind' THEN
         -- send_reminder only reaches a notified signer [OAS]; one call each
@@ -268,7 +271,26 @@ BEGIN
         RETURN _yousign_signers_found(w, answer);
     WHEN 'lookup' THEN
         RETURN _yousign_lookup(w, answer);
-    WHEN 'activate', 'get', 'withdraw' THEN
+    WHEN 'get' THEN
+        -- a signer's time is only in its own object: read the signers
+        -- when one changed, then apply both
+        IF _yousign_signers_changed(w.request_id, answer) THEN
+            RETURN _again(w.id, '0', jsonb_build_object('sr', answer));
+        END IF;
+        PERFORM _yousign_apply(w.request_id, answer);
+        UPDATE signatur_anfragen SET synced_at = clock() WHERE id = w.request_id;
+        IF w.payload ? 'again' THEN
+            RETURN _again(w.id, '0');
+        END IF;
+    WHEN 'get_signers' THEN
+        PERFORM _yousign_apply(w.request_id, jsonb_set(w.payload -> 'sr', '{signers}',
+            CASE jsonb_typeof(answer) WHEN 'array' THEN answer ELSE w.payload #> '{sr,signers}' END));
+        UPDATE signatur_anfragen SET synced_at = clock() WHERE id = w.request_id;
+        UPDATE work_items SET payload = payload - 'sr' WHERE id = w.id;
+        IF w.payload ? 'again' THEN
+            RETURN _again(w.id, '0');
+        END IF;
+    WHEN 'activate', 'withdraw' THEN
         PERFORM _yousign_apply(w.request_id, answer);
         UPDATE signatur_anfragen SET synced_at = clock() WHERE id = w.request_id;
         IF w.payload ? 'again' THEN
@@ -284,6 +306,16 @@ BEGIN
     END CASE;
     RETURN _finish(w.id, 'done');
 END
+$$;
+
+-- _yousign_signers_changed: a signer's status in the request differs from
+-- ours (its details, such as signed_at, are worth reading)
+CREATE OR REPLACE FUNCTION _yousign_signers_changed(p_request uuid, sr jsonb) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT FROM jsonb_array_elements(CASE jsonb_typeof(sr -> 'signers') WHEN 'array'
+                                                        THEN sr -> 'signers' ELSE '[]' END) x
+                     JOIN qes_sign.signers s ON s.request_id = p_request AND s.provider_signer_id = x ->> 'id'
+                    WHERE s.provider_status IS DISTINCT FROM x ->> 'status' AND s.status <> 'replaced')
 $$;
 
 -- _yousign_signers_found: the signers of a recovered draft, matched to ours
@@ -474,7 +506,9 @@ LANGUAGE sql IMMUTABLE AS $$
     END::qes_sign.signer_status
 $$;
 
--- _yousign_signer applies one entry of the request's signers ({id, status})
+-- _yousign_signer applies one entry of the request's signers: {id, status}
+-- in a SignatureRequest, a whole Signer (with signed_at) from .../signers;
+-- a time Yousign does not give is the time we learnt it
 CREATE OR REPLACE FUNCTION _yousign_signer(r signatur_anfragen, sig jsonb, completed timestamptz) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -491,7 +525,8 @@ BEGIN
         provider_status = _cut(sig ->> 'status', 100),
         viewed_at       = CASE WHEN new_status IN ('viewed', 'signed', 'declined') THEN coalesce(x.viewed_at, clock())
                                ELSE x.viewed_at END,
-        signed_at       = CASE WHEN new_status = 'signed' THEN coalesce(x.signed_at, completed, clock()) END,
+        signed_at       = CASE WHEN new_status = 'signed'
+                               THEN coalesce(x.signed_at, _ts(sig ->> 'signed_at', 'sr.signers.signed_at'), completed, clock()) END,
         declined_at     = CASE WHEN new_status = 'declined' THEN coalesce(x.declined_at, clock()) END,
         signed_quality  = CASE WHEN new_status = 'signed' THEN r.quality END,
         status          = new_status
