@@ -16,6 +16,8 @@
 #include "utils/timestamp.h"
 
 #define QES_SHA256_LEN 32
+/* the extension version (default_version) this library speaks */
+#define QES_SCHEMA_VERSION "1.1"
 /* callbacks and webhooks: larger bodies are refused (Skribble sends < 1 KB) */
 #define QES_MAX_CALLBACK_BODY 65536
 

@@ -142,6 +142,36 @@ end_xact(void)
 }
 
 /*
+ * schema_current: the installed extension is the version this library
+ * speaks.  After a package upgrade the worker waits, saying so once, until
+ * ALTER EXTENSION qes_sign UPDATE has run (the older schema lacks what
+ * this library calls).
+ */
+static bool
+schema_current(void)
+{
+	static bool told = false;
+	char	   *v = NULL;
+
+	if (SPI_execute("SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'qes_sign'",
+					true, 1) == SPI_OK_SELECT && SPI_processed == 1)
+		v = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	if (v != NULL && strcmp(v, QES_SCHEMA_VERSION) == 0)
+	{
+		told = false;
+		return true;
+	}
+	if (!told)
+		ereport(LOG,
+				(errmsg("qes_sign worker waits: the extension is version %s, this library needs %s",
+						v ? v : "(none)", QES_SCHEMA_VERSION),
+				 errhint("Run ALTER EXTENSION qes_sign UPDATE in database \"%s\".",
+						 MyBgworkerEntry->bgw_extra)));
+	told = true;
+	return false;
+}
+
+/*
  * attach finds the extension in the database and takes back the work items
  * a previous incarnation had leased.  After a promotion, creates the old
  * primary sent may not have reached this server: they are looked up first.
@@ -153,7 +183,7 @@ attach(bool promoted)
 	bool		found;
 
 	begin_xact();
-	found = OidIsValid(get_extension_oid("qes_sign", true));
+	found = OidIsValid(get_extension_oid("qes_sign", true)) && schema_current();
 	if (found &&
 		SPI_execute(promoted ? "SELECT qes_sign._worker_started(true)"
 					: "SELECT qes_sign._worker_started()", false, 0) == SPI_OK_SELECT)
@@ -611,7 +641,7 @@ standby_or_detached(WorkerState *st)
 		st->was_standby = false;
 		if (!st->attached)
 		{
-			report("waiting for CREATE EXTENSION qes_sign");
+			report("waiting for CREATE EXTENSION qes_sign or ALTER EXTENSION qes_sign UPDATE");
 			return true;
 		}
 		st->claim_now = true;
