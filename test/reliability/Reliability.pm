@@ -29,7 +29,7 @@ use PostgreSQL::Test::Cluster;
 our @EXPORT = qw(full scaled rpsql rcreate rsign count_where new_uuid rnode sign_in_batches fixture_node
   creates_per_request start_killer finish_killer log_deaths counts_line bucket_check status_counts
   provider provider_name start_provider set_latency created_at_double exactly_once exactly_once_ok
-  once_counts api_faults api_fault_kinds failover_faults recorded_where lookup_key);
+  once_counts api_faults api_fault_kinds failover_faults recorded_where lookup_key save_stats);
 
 # full(): true with QES_SCALE=full (the issue's numbers); else the reduced scale.
 sub full { return (($ENV{QES_SCALE} // '') eq 'full') ? 1 : 0; }
@@ -79,6 +79,19 @@ sub created_at_double
 	my ($d, $st) = @_;
 	$st //= double_stats($d);
 	return (pv($d) eq 'yousign' ? $st->{created_by_external_id} : $st->{creates_by_custom}) // {};
+}
+
+# save_stats(double, stats = double_stats): the double's counters to
+# tmp_check/log/<script>_stats.json, for a look at calls_by_status afterwards
+sub save_stats
+{
+	my ($d, $st) = @_;
+	$st //= double_stats($d);
+	my $file = "$PostgreSQL::Test::Utils::log_path/" . File::Basename::basename($0, '.pl') . '_stats.json';
+	open my $fh, '>', $file or die "$file: $!";
+	print $fh JSON::PP->new->canonical->pretty->encode($st);
+	close $fh;
+	return $st;
 }
 
 # lookup_key(double): what a create whose answer was lost is found by
@@ -147,20 +160,20 @@ sub once_counts
 # api_faults(double, seed): r02's fault mix, about 20 % of the calls.
 # Skribble: 503 (later 500), 429 with Retry-After, timeouts past
 # qes_sign.http_timeout (2 s), connections cut after a stored create.
-# Yousign (about 12 calls a request, a third of them steps of the create):
-# 503 (later 500); 429 with Retry-After (fewer: each pauses every Yousign
-# call, _yousign_limits); timeouts of 1.5 s, below qes_sign.http_timeout
-# (the double then answers 504); and connections cut after each of the four
-# create steps, applied (draft stored, document uploaded, signer added,
-# request activated).
+# Yousign (about 17 calls a request, 5 of them steps of the create):
+# 503 (later 500); 429 with Retry-After (1 %: each pauses every Yousign
+# call for a second, _yousign_limits); timeouts of 1.5 s, below
+# qes_sign.http_timeout (the double then answers 504); and connections cut
+# after each of the four create steps, applied (draft stored, document
+# uploaded, signer added, request activated).
 sub api_faults
 {
 	my ($d, $seed) = @_;
 	return (error_rate => 0.11, error_status => 503, rate_limit_rate => 0.05, retry_after => 1,
 		timeout_rate => 0.04, timeout_ms => 3000, drop_after_create_rate => 0.05, seed => $seed)
 	  if pv($d) ne 'yousign';
-	return (error_rate => 0.11, error_status => 503, rate_limit_rate => 0.02, retry_after => 1,
-		timeout_rate => 0.03, timeout_ms => 1500, drop_after_create_rate => 0.1, drop_after_upload_rate => 0.1,
+	return (error_rate => 0.14, error_status => 503, rate_limit_rate => 0.01, retry_after => 1,
+		timeout_rate => 0.04, timeout_ms => 1500, drop_after_create_rate => 0.1, drop_after_upload_rate => 0.1,
 		drop_after_signer_rate => 0.05, drop_after_activate_rate => 0.1, seed => $seed);
 }
 

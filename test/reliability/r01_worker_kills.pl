@@ -2,8 +2,10 @@
 # archive to S3, archiviert) while the qes_sign worker is killed with
 # kill -9 at random moments.  Full: 1,000 requests, 10 kills; reduced: 100
 # requests, 3 kills.  Every request ends archiviert, each is created exactly
-# once at Skribble, the audit chain verifies, and the server log shows no
-# process killed by a signal other than the workers killed here.
+# once at the provider (Yousign: and activated once), the audit chain
+# verifies, and the server log shows no process killed by a signal other
+# than the workers killed here.  QES_PROVIDER=skribble (default) or yousign;
+# r01_worker_kills_yousign.pl runs it against Yousign.
 use strict;
 use warnings;
 use FindBin;
@@ -20,12 +22,13 @@ my $kills = scaled(10, 3);
 my ($gmin, $gmax) = (scaled(2, 1), scaled(7, 4));
 my $seed = $ENV{QES_SEED} // time % 100000;
 srand($seed);
-note("r01: $n requests, $kills kills of the worker, gaps ${gmin}-${gmax} s, seed $seed");
+note("r01 (" . ucfirst(provider()) . "): $n requests, $kills kills of the worker, gaps ${gmin}-${gmax} s, seed $seed");
 
-my $d    = start_double();
+my $d    = start_provider();
+my $pn   = provider_name($d);
 my $s3   = start_s3();
 my $node = rnode('r01', $d, $s3);
-ctl_post($d, 'latency', { ms => 0 + ($ENV{QES_R01_LATENCY_MS} // 10) });    # keep calls in flight when a kill lands
+set_latency($d, $ENV{QES_R01_LATENCY_MS} // 10);    # keep calls in flight when a kill lands
 
 my $t0 = time;
 my $kfile = "$PostgreSQL::Test::Utils::tmp_check/r01_kills.txt";
@@ -55,11 +58,11 @@ ok(wait_until($node, "SELECT count(*) FROM qes_sign.signatur_anfragen WHERE stat
 ok(wait_until($node, "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'qes_sign worker'", '1', 30),
 	'a worker runs after the last kill');
 
-my ($max, $missing) = creates_per_request($d, \@ids);
-creates_once_ok($d, \@ids, "each of the $n created exactly once at Skribble");
+save_stats($d);    # tmp_check/log/<script>_stats.json
+my $once = exactly_once_ok($d, \@ids, "each of the $n created exactly once at $pn");
 is(rpsql($node, 'SELECT ok FROM qes_sign.verify_audit_chain()'), 't', 'audit chain intact');
 my $recovered = rpsql($node, "SELECT count(*) FROM qes_sign.audit_log WHERE event = 'create_recovered' AND request_id IN ($list)");
-note("creates recovered through custom after a kill: $recovered");
+note('creates recovered through ' . lookup_key($d) . " after a kill: $recovered");
 
 my $b = bucket_check($node, $s3, \@ids);
 ok($b->{verified} == 4 * $n && !@{ $b->{missing} } && $b->{incomplete} == 0,
@@ -79,10 +82,10 @@ note("crash reinitializations of the postmaster after the kills: $reinit");
 my $ops = ops($node);
 
 counts_line('r01_worker_kills',
+	provider => provider(),
 	requests => $n,
 	archived => count_where($node, "status = 'archiviert' AND id IN ($list)"),
-	created_at_skribble_max_per_request => $max,
-	not_created_exactly_once => $missing,
+	once_counts($d, $once),
 	lost => $n - count_where($node, "status = 'archiviert' AND id IN ($list)"),
 	faults_injected => 0,
 	worker_kills => scalar(@k),

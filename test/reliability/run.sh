@@ -3,6 +3,8 @@
 # r*.pl here, or the ones named) with prove as the user postgres, like
 # test/run-all.sh runs test/t.  QES_SCALE=full runs the issue's numbers;
 # otherwise the reduced scale (about 1/10).  Ends with the COUNTS lines.
+# r01, r02 and r04 run for both providers: r0*_yousign.pl are the same
+# scripts with QES_PROVIDER=yousign (README.md).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
