@@ -536,6 +536,9 @@ BEGIN
     SELECT jsonb_object_agg(lower(key), value) INTO h FROM jsonb_each_text(headers);
     IF h ? 'x-yousign-signature-256' THEN
         RETURN _yousign_webhook(h, body);
+    ELSIF NOT h ? 'webhook-signature' AND NOT h ? 'webhook-id' THEN
+        PERFORM _reject('webhooks_rejected',
+                        'webhook rejected: no X-Yousign-Signature-256 and no webhook-signature header');
     END IF;
     PERFORM _verify_webhook(h ->> 'webhook-id', h ->> 'webhook-timestamp',
                             h ->> 'webhook-signature', body);
@@ -1546,6 +1549,53 @@ BEGIN
     IF r.provider = 'yousign' THEN
         PERFORM _yousign_replace_check(r);
     END IF;
+END
+$$;
+
+-- _provider_moved: after a promotion or on another cluster, each provider
+-- makes its creates in progress look before they go on (Skribble: the
+-- generic "posted" mark of _worker_started is enough)
+CREATE FUNCTION _provider_moved() RETURNS bigint
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN _yousign_moved();
+END
+$$;
+
+-- _worker_started (1.0) also asks the providers (_provider_moved)
+CREATE OR REPLACE FUNCTION _worker_started(promoted boolean DEFAULT false) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, qes_sign, pg_temp AS $$
+DECLARE
+    n bigint;
+    home worker_home;
+    here worker_home;
+    moved boolean;
+BEGIN
+    -- the timeline from the name of the current WAL segment (its first 8 hex digits)
+    SELECT true, s.system_identifier,
+           ('x' || substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8))::bit(32)::int, clock()
+      INTO here FROM pg_control_system() s;
+    SELECT * INTO home FROM worker_home;
+    moved := FOUND AND (home.system_identifier, home.timeline) IS DISTINCT FROM (here.system_identifier, here.timeline);
+    IF promoted OR moved THEN
+        UPDATE work_items SET payload = payload || jsonb_build_object('posted', clock())
+         WHERE kind = 'submit' AND state = 'pending' AND NOT payload ? 'posted';
+        GET DIAGNOSTICS n = ROW_COUNT;
+        n := n + _provider_moved();
+        IF n > 0 THEN
+            RAISE LOG 'qes_sign: % creates not yet answered will be looked up at their provider before they are sent: '
+                      'this database may not know every create sent from where it ran before (%)', n,
+                      CASE WHEN promoted THEN 'a promotion' WHEN home.system_identifier <> here.system_identifier
+                           THEN 'another cluster' ELSE 'another timeline' END;
+        END IF;
+    END IF;
+    INSERT INTO worker_home VALUES (here.*) ON CONFLICT (singleton) DO UPDATE
+       SET system_identifier = excluded.system_identifier, timeline = excluded.timeline, since = excluded.since
+     WHERE (worker_home.system_identifier, worker_home.timeline)
+           IS DISTINCT FROM (excluded.system_identifier, excluded.timeline);
+    UPDATE work_items SET leased_until = NULL WHERE state = 'pending' AND leased_until IS NOT NULL;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
 END
 $$;
 

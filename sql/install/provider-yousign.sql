@@ -14,7 +14,9 @@
  * external_id[eq] (our uuid) [OAS], which continues from the step the
  * draft reached, takes an activated request as it is, and discards any
  * second draft.  Only a lookup that finds nothing after
- * qes_sign.http_timeout creates again.
+ * qes_sign.http_timeout creates again.  A step in flight is marked
+ * ("sent") until its answer is recorded: a worker that died meanwhile
+ * leaves the mark, and the step is looked up, not sent again.
  */
 
 -------------------------------------------------------------------------------
@@ -116,15 +118,25 @@ DECLARE
     sr text := _yousign_sr(w, r);
     nxt record;
 BEGIN
+    IF NOT p ? 'lookup' AND (p ? 'sent' OR p ? 'posted' AND NOT p ? 'draft') THEN
+        -- a step was sent and its answer never recorded (the worker died,
+        -- its lease ran out, or this server was promoted): it may have
+        -- happened, so look before doing it again
+        UPDATE work_items SET payload = payload - 'sent' || jsonb_build_object('lookup', true, 'lost', clock(),
+                                                                            'lost_step', coalesce(p ->> 'sent', 'create'))
+         WHERE id = w.id;
+        p := p - 'sent' || '{"lookup": true}';
+    END IF;
     IF p ? 'lookup' THEN
         RETURN _yousign_call(w, 'lookup', 'GET', '/signature_requests?external_id%5Beq%5D=' || r.id);
     ELSIF p ? 'list_signers' THEN
         RETURN _yousign_call(w, 'signers', 'GET', sr || '/signers');
     ELSIF NOT p ? 'draft' THEN
-        UPDATE work_items SET payload = payload || jsonb_build_object('posted', clock()) WHERE id = w.id;
+        UPDATE work_items SET payload = payload || jsonb_build_object('posted', clock(), 'sent', 'create') WHERE id = w.id;
         RETURN _yousign_call(w, 'create', 'POST', '/signature_requests', _yousign_create_body(r));
     ELSIF NOT p ? 'document' THEN
         -- multipart with the PDF as it was handed in [D/document-1]
+        UPDATE work_items SET payload = payload || '{"sent": "upload"}' WHERE id = w.id;
         RETURN _yousign_call(w, 'upload', 'POST', sr || '/documents', NULL,
             ARRAY['file@' || r.id || '.pdf', 'nature=signable_document', 'parse_anchors=true'], r.document);
     ELSIF NOT p ? 'pages' THEN
@@ -132,9 +144,11 @@ BEGIN
     END IF;
     SELECT * INTO nxt FROM _yousign_next_signer(r, p);
     IF (nxt.s).id IS NOT NULL THEN
+        UPDATE work_items SET payload = payload || '{"sent": "add_signer"}' WHERE id = w.id;
         RETURN _yousign_call(w, 'add_signer:' || (nxt.s).id, 'POST', sr || '/signers',
                              _yousign_signer_body(r, nxt.s, p, nxt.k));
     END IF;
+    UPDATE work_items SET payload = payload || '{"sent": "activate"}' WHERE id = w.id;
     RETURN _yousign_call(w, 'activate', 'POST', sr || '/activate', '{}');
 END
 $$;
@@ -150,7 +164,12 @@ BEGIN
     WHEN 'submit' THEN
         RETURN _yousign_submit(w, r);
     WHEN 'refresh' THEN
-        IF w.payload ? 'sr' THEN
+        IF w.payload ? 'sr' AND EXISTS (SELECT FROM callback_inbox c WHERE c.request_id = r.id
+                                          AND c.processed_at >= (w.payload ->> 'sr_at')::timestamptz) THEN
+            -- a callback came after the request was read (this item was not
+            -- in flight then, so nothing marked it "again"): read it again
+            UPDATE work_items SET payload = payload - 'sr' - 'sr_at' - 'again_after' WHERE id = w.id;
+        ELSIF w.payload ? 'sr' THEN
             RETURN _yousign_call(w, 'get_signers', 'GET', sr || '/signers');
         END IF;
         RETURN _yousign_call(w, 'get', 'GET', sr);
@@ -253,6 +272,9 @@ DECLARE
     step text := split_part(call_kind, ':', 1);
     arg text := split_part(call_kind, ':', 2);
 BEGIN
+    IF w.kind = 'submit' AND w.payload ? 'sent' THEN
+        UPDATE work_items SET payload = payload - 'sent' WHERE id = w.id;   -- answered
+    END IF;
     CASE step
     WHEN 'create' THEN
         IF answer ->> 'external_id' IS DISTINCT FROM w.request_id::text THEN
@@ -275,7 +297,10 @@ BEGIN
         -- a signer's time is only in its own object: read the signers
         -- when one changed, then apply both
         IF _yousign_signers_changed(w.request_id, answer) THEN
-            RETURN _again(w.id, '0', jsonb_build_object('sr', answer));
+            -- (_again drops "again": a callback that came during this GET
+            -- must still make the refresh run once more after the signers)
+            RETURN _again(w.id, '0', jsonb_build_object('sr', answer, 'sr_at', clock())
+                                     || CASE WHEN w.payload ? 'again' THEN '{"again_after": true}'::jsonb ELSE '{}' END);
         END IF;
         PERFORM _yousign_apply(w.request_id, answer);
         UPDATE signatur_anfragen SET synced_at = clock() WHERE id = w.request_id;
@@ -286,8 +311,8 @@ BEGIN
         PERFORM _yousign_apply(w.request_id, jsonb_set(w.payload -> 'sr', '{signers}',
             CASE jsonb_typeof(answer) WHEN 'array' THEN answer ELSE w.payload #> '{sr,signers}' END));
         UPDATE signatur_anfragen SET synced_at = clock() WHERE id = w.request_id;
-        UPDATE work_items SET payload = payload - 'sr' WHERE id = w.id;
-        IF w.payload ? 'again' THEN
+        UPDATE work_items SET payload = payload - 'sr' - 'sr_at' - 'again_after' WHERE id = w.id;
+        IF w.payload ? 'again' OR w.payload ? 'again_after' THEN
             RETURN _again(w.id, '0');
         END IF;
     WHEN 'activate', 'withdraw' THEN
@@ -355,6 +380,20 @@ DECLARE
                              WHERE x ->> 'external_id' = w.request_id::text AND x ->> 'status' <> 'deleted'), '[]');
     best jsonb := mine -> 0;
     lookups int := coalesce((w.payload ->> 'lookups')::int, 0) + 1;
+    -- the draft's shape (id, documents, signers): found in the shape it
+    -- had when last continued, the way on failed without progress (stuck)
+    shape text := concat_ws('/', best ->> 'id', jsonb_array_length(coalesce(best -> 'documents', '[]')),
+                            jsonb_array_length(coalesce(best -> 'signers', '[]')));
+    stuck int := CASE WHEN w.payload ->> 'shape' = shape THEN coalesce((w.payload ->> 'stuck')::int, 0) + 1 ELSE 0 END;
+    -- the draft shows what the step whose answer never came did (a step
+    -- sent before the worker died, or timed out, may land later)
+    seen boolean := CASE w.payload ->> 'lost_step'
+        WHEN 'upload' THEN jsonb_array_length(coalesce(best -> 'documents', '[]')) > 0
+        WHEN 'add_signer' THEN jsonb_array_length(coalesce(best -> 'signers', '[]'))
+                               > (SELECT count(*) FROM jsonb_object_keys(coalesce(w.payload -> 'signers', '{}')))
+        WHEN 'activate' THEN false
+        WHEN 'unknown' THEN false       -- a step may be on its way (_yousign_moved)
+        ELSE true END;
     until timestamptz := _search_from(w.payload);
 BEGIN
     IF jsonb_array_length(mine) > 1 THEN
@@ -366,26 +405,40 @@ BEGIN
                                                                            'step', 'activated', 'lookups', lookups));
         PERFORM _yousign_apply(w.request_id, best);
         RETURN _finish(w.id, 'done');
+    ELSIF best IS NOT NULL AND NOT seen AND clock() < until THEN
+        -- not (yet) there: looked up again while Yousign may still do it
+        RETURN _again(w.id, least(make_interval(secs => power(2, least(lookups - 1, 10))), until - clock()),
+                      jsonb_build_object('lookups', lookups));
+    ELSIF best IS NOT NULL AND stuck >= current_setting('qes_sign.retry_max_attempts')::int THEN
+        -- continued again and again and never activated (Yousign refuses
+        -- the draft as it is, e.g. with a second document): given up
+        -- visibly, not looped forever
+        RETURN _give_up(w, 'lookup', format('draft %s found %s times as it was and still not activated',
+                                             best ->> 'id', stuck + 1));
     ELSIF best IS NOT NULL THEN
         PERFORM _emit(w.request_id, 'create_recovered', jsonb_strip_nulls(jsonb_build_object(
             'provider_id', best ->> 'id', 'step', 'draft', 'lookups', lookups,
             'documents', jsonb_array_length(coalesce(best -> 'documents', '[]')),
             'signers', jsonb_array_length(coalesce(best -> 'signers', '[]')))));
         -- (the pages of a document already read stay known)
-        UPDATE work_items SET payload = payload - 'lookup' - 'lost' - 'signers'
+        UPDATE work_items SET payload = payload - 'lookup' - 'lost' - 'lost_step' - 'signers'
                                         - CASE WHEN payload ->> 'document' IS DISTINCT FROM best #>> '{documents,0,id}'
                                                THEN ARRAY['document', 'pages', 'anchors'] ELSE '{}' END
          WHERE id = w.id;
-        RETURN _yousign_step(w, jsonb_strip_nulls(jsonb_build_object('draft', best ->> 'id', 'lookups', lookups,
-            'document', best #>> '{documents,0,id}',
-            'list_signers', CASE WHEN jsonb_array_length(coalesce(best -> 'signers', '[]')) > 0 THEN true END)));
+        -- continued at once, unless it is stuck: then with backoff (each
+        -- lookup is an intermediate success and resets the failures)
+        RETURN _again(w.id, CASE WHEN stuck > 0 THEN _backoff(stuck) ELSE '0' END,
+            jsonb_strip_nulls(jsonb_build_object('draft', best ->> 'id', 'lookups', lookups,
+                'shape', shape, 'stuck', stuck,
+                'document', best #>> '{documents,0,id}',
+                'list_signers', CASE WHEN jsonb_array_length(coalesce(best -> 'signers', '[]')) > 0 THEN true END)));
     ELSIF clock() < until THEN
         RETURN _again(w.id, least(make_interval(secs => power(2, least(lookups - 1, 10))), until - clock()),
                       jsonb_build_object('lookups', lookups));
     END IF;
     -- not created: create it (again)
-    UPDATE work_items SET payload = payload - 'lookup' - 'lost' - 'posted' - 'draft' - 'document' - 'pages'
-                                    - 'anchors' - 'signers' - 'list_signers'
+    UPDATE work_items SET payload = payload - 'lookup' - 'lost' - 'lost_step' - 'posted' - 'draft' - 'document'
+                                    - 'pages' - 'anchors' - 'signers' - 'list_signers'
      WHERE id = w.id;
     RETURN _yousign_step(w, jsonb_build_object('lookups', lookups));
 END
@@ -420,14 +473,28 @@ DECLARE
     step text := split_part(call_kind, ':', 1);
     failure text := coalesce(transport_error, format('HTTP %s: %s', http_status, m.message));
 BEGIN
+    IF w.kind = 'submit' AND w.payload ? 'sent' THEN
+        -- answered; a create refused with a 4xx was not stored
+        UPDATE work_items SET payload = payload - CASE WHEN step = 'create' AND transport_error IS NULL
+                                                            AND http_status BETWEEN 400 AND 499
+                                                       THEN ARRAY['sent', 'posted'] ELSE ARRAY['sent'] END
+         WHERE id = w.id;
+    END IF;
+    IF step = 'get_signers' THEN
+        -- the state read before may be old by the time of the retry: start
+        -- again with the request itself
+        UPDATE work_items SET payload = payload - 'sr' - 'sr_at' - 'again_after' WHERE id = w.id;
+    END IF;
     IF transport_error IS NULL AND step = 'discard' AND http_status = 404 THEN
         RETURN _yousign_answer(w, call_kind, NULL);            -- gone already
     ELSIF transport_error IS NULL AND _yousign_final_answer(call_kind, http_status) THEN
         RETURN _yousign_refused(w, step, call_kind, http_status, m.message, m.key);
     ELSIF w.kind = 'submit' AND (step = 'activate' OR step IN ('create', 'upload', 'add_signer')
                                  AND (transport_error IS NOT NULL OR http_status >= 500)) THEN
-        -- the step may have happened: look the request up before anything else
-        UPDATE work_items SET payload = payload || jsonb_build_object('lookup', true, 'lost', clock())
+        -- the step may have happened: look the request up before anything
+        -- else (with no answer at all, it may even happen later: lost_step)
+        UPDATE work_items SET payload = payload || jsonb_build_object('lookup', true, 'lost', clock(),
+                   'lost_step', CASE WHEN transport_error IS NOT NULL THEN step END)
          WHERE id = w.id;
     END IF;
     RETURN _retry(w, failure, call_kind, http_status, retry_after);
@@ -717,5 +784,26 @@ BEGIN
     END IF;
     RETURN _take_callback('webhook', rid, 'update', sr_id, NULL, _cut(payload #>> '{data,signer,id}', 200),
                           'yousign:' || event_id, body);
+END
+$$;
+
+-------------------------------------------------------------------------------
+-- Moved: after a promotion (or on another cluster or timeline) the step a
+-- dead primary sent may be unrecorded here and still land at Yousign: every
+-- draft in progress is looked up, and continued only once such a step
+-- would have landed (qes_sign.http_timeout)
+-------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION _yousign_moved() RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    n bigint;
+BEGIN
+    UPDATE work_items w SET payload = w.payload - 'sent'
+               || jsonb_build_object('lookup', true, 'lost', clock(), 'lost_step', 'unknown')
+      FROM signatur_anfragen a
+     WHERE a.id = w.request_id AND a.provider = 'yousign' AND w.kind = 'submit' AND w.state = 'pending'
+       AND w.payload ? 'draft';
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
 END
 $$;

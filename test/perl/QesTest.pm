@@ -220,10 +220,14 @@ sub start_relay
 # s3 => start_s3(...) against that bucket), qes_sign
 # created in database postgres; the relay (unless relay => 0) is
 # $node->{relay}.  With relay => 0 callbacks go to a closed port.
+# version => '1.0' creates that version of qes_sign instead of the default;
+# install_path => dir runs the node from another PostgreSQL installation
+# (a directory with bin and lib, as PostgreSQL::Test::Cluster takes it).
 sub qes_node
 {
 	my ($name, %o) = @_;
-	my $node = PostgreSQL::Test::Cluster->new($name);
+	my $node = PostgreSQL::Test::Cluster->new($name,
+		$o{install_path} ? (install_path => $o{install_path}) : ());
 	$node->init(allows_streaming => $o{streaming} ? 1 : 0);
 	my $relay_port = 1;
 	if ($o{relay} // 1)
@@ -265,7 +269,8 @@ sub qes_node
 	$node->append_conf('postgresql.conf',
 		join('', map { "$_ = $conf{$_}\n" } sort keys %conf));
 	$node->start;
-	$node->safe_psql('postgres', 'CREATE EXTENSION qes_sign CASCADE');
+	$node->safe_psql('postgres', 'CREATE EXTENSION qes_sign'
+		  . ($o{version} ? " VERSION '$o{version}'" : '') . ' CASCADE');
 	yousign_hook($o{yousign}, $node) if $o{yousign} && $node->{relay};
 	return $node;
 }
