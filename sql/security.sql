@@ -112,3 +112,11 @@ SELECT count(*) AS public_functions FROM pg_proc p
 SELECT count(*) AS public_tables FROM pg_class c
  WHERE c.relnamespace = 'qes_sign'::regnamespace AND c.relkind IN ('r', 'v')
    AND has_table_privilege('public', c.oid, 'SELECT');
+
+-- an operator who is no superuser reads every figure of operations (the
+-- view's functions run with the reader's rights)
+CREATE ROLE regress_operator IN ROLE qes_sign_admin;
+SET ROLE regress_operator;
+SELECT count(*) > 0 AS figures FROM qes_sign.operations WHERE metric IN ('api_calls', 'archive_pending_before_deletion');
+RESET ROLE;
+DROP ROLE regress_operator;

@@ -57,6 +57,9 @@ ALTER TABLE signatur_anfragen ADD COLUMN provider text NOT NULL DEFAULT 'skribbl
 ALTER TABLE signatur_anfragen RENAME skribble_id TO provider_id;
 ALTER TABLE signatur_anfragen RENAME skribble_status TO provider_status;
 ALTER TABLE signatur_anfragen ADD COLUMN provider_state jsonb;
+-- the SHA-256 of the last state answer applied in full; an identical one
+-- only marks the request synced (any audit event clears it: _emit)
+ALTER TABLE signatur_anfragen ADD COLUMN answer_sha bytea;
 ALTER TABLE signatur_anfragen DROP CONSTRAINT signatur_anfragen_skribble_id_key;
 ALTER TABLE signatur_anfragen ADD CONSTRAINT signatur_anfragen_provider_id_key UNIQUE (provider, provider_id);
 ALTER TABLE signers RENAME skribble_status TO provider_status;
@@ -290,6 +293,8 @@ BEGIN
     VALUES (p_id, p_verwaltung, p_event, coalesce(p_detail, '{}'));
     IF p_id IS NOT NULL THEN
         PERFORM pg_notify('qes_sign', jsonb_build_object('id', p_id, 'event', p_event, 'status', p_status)::text);
+        -- something happened to the request: the next answer is applied in full
+        UPDATE signatur_anfragen SET answer_sha = NULL WHERE id = p_id AND answer_sha IS NOT NULL;
     END IF;
 END
 $$;
@@ -1133,6 +1138,7 @@ DECLARE
     w work_items;
     provider text;
     answer jsonb;
+    outcome text;
     ok boolean := transport_error IS NULL AND http_status BETWEEN 200 AND 299;
 BEGIN
     SELECT * INTO w FROM work_items WHERE id = p_item FOR UPDATE;
@@ -1158,6 +1164,14 @@ BEGIN
                                   ELSE 'S3: ' || _s3_message(body, http_status) END),
                       call_kind, http_status, retry_after);
     END IF;
+    IF ok AND call_kind = 'get' AND NOT w.payload ? 'again' THEN
+        -- the same state as the last one applied: nothing to apply
+        UPDATE signatur_anfragen a SET synced_at = clock()
+         WHERE a.id = w.request_id AND a.answer_sha = sha256(body);
+        IF FOUND THEN
+            RETURN _finish(w.id, 'done');
+        END IF;
+    END IF;
     IF ok THEN
         BEGIN
             answer := CASE WHEN length(body) > 0 THEN convert_from(body, 'UTF8')::jsonb END;
@@ -1165,7 +1179,11 @@ BEGIN
             transport_error := 'answer is not JSON: ' || _cut(SQLERRM, 200);
         END;
         IF transport_error IS NULL THEN
-            RETURN _provider_answer(provider, w, call_kind, answer);
+            outcome := _provider_answer(provider, w, call_kind, answer);
+            IF call_kind = 'get' AND outcome = 'done' THEN
+                UPDATE signatur_anfragen a SET answer_sha = sha256(body) WHERE a.id = w.request_id;
+            END IF;
+            RETURN outcome;
         END IF;
     END IF;
     RETURN _provider_failure(provider, w, call_kind, http_status, body, retry_after, transport_error);
@@ -1222,6 +1240,7 @@ DECLARE
     item work_items;
     call api_call;
     ids bigint[];
+    reserve int;
 BEGIN
     ready := _ready(ready);
     -- verified callbacks become one refresh per request; one already in
@@ -1242,11 +1261,23 @@ BEGIN
                     AND (w.leased_until IS NULL OR w.leased_until < clock()) AND _s3_configured()
                   ORDER BY a.deletion_date, w.id LIMIT n
                     FOR UPDATE OF w SKIP LOCKED);
+    -- calls about a request's state go before archiving, so that a
+    -- completion never waits behind uploads; archiving keeps a quarter of
+    -- the room while it is due (it never starves)
+    reserve := CASE WHEN cardinality(ids) < n AND EXISTS (
+                        SELECT FROM work_items w WHERE w.state = 'pending' AND w.kind = 'archive'
+                           AND w.due_at <= clock() AND (w.leased_until IS NULL OR w.leased_until < clock()))
+                    THEN greatest(1, (n - cardinality(ids)) / 4) ELSE 0 END;
     ids := ids || ARRAY(SELECT w.id FROM work_items w LEFT JOIN signatur_anfragen a ON a.id = w.request_id
-                         WHERE w.state = 'pending' AND w.due_at <= clock()
+                         WHERE w.state = 'pending' AND w.kind <> 'archive' AND w.due_at <= clock()
                            AND (w.leased_until IS NULL OR w.leased_until < clock())
-                           AND _claimable(w.kind, a.provider, a.provider_id, ready,
-                                          w.kind = 'archive' AND _fetched(w.request_id))
+                           AND _claimable(w.kind, a.provider, a.provider_id, ready, false)
+                         ORDER BY w.due_at, w.id LIMIT greatest(n - cardinality(ids) - reserve, 0)
+                           FOR UPDATE OF w SKIP LOCKED);
+    ids := ids || ARRAY(SELECT w.id FROM work_items w JOIN signatur_anfragen a ON a.id = w.request_id
+                         WHERE w.state = 'pending' AND w.kind = 'archive' AND w.due_at <= clock()
+                           AND (w.leased_until IS NULL OR w.leased_until < clock())
+                           AND _claimable(w.kind, a.provider, a.provider_id, ready, _fetched(w.request_id))
                            AND w.id <> ALL (ids)
                          ORDER BY w.due_at, w.id LIMIT n - cardinality(ids)
                            FOR UPDATE OF w SKIP LOCKED);
@@ -1266,11 +1297,19 @@ $$;
 DROP FUNCTION _next_due();
 CREATE FUNCTION _next_due(ready text[] DEFAULT '{skribble,yousign}') RETURNS double precision
 LANGUAGE sql STABLE SET search_path = pg_catalog, qes_sign, pg_temp AS $$
-    SELECT greatest(0, extract(epoch FROM min(w.due_at) - clock()) * 1000)
-      FROM work_items w LEFT JOIN signatur_anfragen a ON a.id = w.request_id
-     WHERE w.state = 'pending' AND (w.leased_until IS NULL OR w.leased_until < clock())
-       AND _claimable(w.kind, a.provider, a.provider_id, _ready(ready),
-                      w.kind = 'archive' AND _fetched(w.request_id))
+    -- (the first claimable item of each queue in due order: index scans
+    -- that stop early, not an aggregate over the whole queue)
+    SELECT greatest(0, extract(epoch FROM least(
+        (SELECT w.due_at FROM work_items w LEFT JOIN signatur_anfragen a ON a.id = w.request_id
+          WHERE w.state = 'pending' AND w.kind <> 'archive'
+            AND (w.leased_until IS NULL OR w.leased_until < clock())
+            AND _claimable(w.kind, a.provider, a.provider_id, _ready(ready), false)
+          ORDER BY w.due_at, w.id LIMIT 1),
+        (SELECT w.due_at FROM work_items w JOIN signatur_anfragen a ON a.id = w.request_id
+          WHERE w.state = 'pending' AND w.kind = 'archive'
+            AND (w.leased_until IS NULL OR w.leased_until < clock())
+            AND _claimable(w.kind, a.provider, a.provider_id, _ready(ready), _fetched(w.request_id))
+          ORDER BY w.due_at, w.id LIMIT 1)) - clock()) * 1000)
 $$;
 
 -- _anchor_due: the head moved since the last anchor, and that anchor is
@@ -1284,6 +1323,17 @@ CREATE FUNCTION _anchor_due() RETURNS boolean LANGUAGE sql STABLE AS $$
 $$;
 
 CREATE INDEX work_items_polls ON work_items (created_at) WHERE kind = 'refresh' AND payload ? 'poll';
+-- the worker's scans, index-backed so that they cost the same at any depth:
+-- its two queues (calls, archiving) in due order, reconciliation, expiry,
+-- and the clean-up of finished items, processed callbacks and webhook ids
+CREATE INDEX work_items_due_calls ON work_items (due_at, id) WHERE state = 'pending' AND kind <> 'archive';
+CREATE INDEX work_items_due_archive ON work_items (due_at, id) WHERE state = 'pending' AND kind = 'archive';
+CREATE INDEX work_items_finished ON work_items (finished_at) WHERE state <> 'pending';
+CREATE INDEX signatur_anfragen_unsynced ON signatur_anfragen (provider, (coalesce(synced_at, sent_at)))
+    WHERE status IN ('offen', 'in_signatur') AND provider_id IS NOT NULL;
+CREATE INDEX signatur_anfragen_expiry ON signatur_anfragen (expires_at) WHERE status IN ('offen', 'in_signatur');
+CREATE INDEX callback_inbox_processed ON callback_inbox (processed_at) WHERE processed_at IS NOT NULL;
+CREATE INDEX webhook_ids_received ON webhook_ids (received_at);
 
 -- _poll_budget: reconciliation refreshes a provider may still get this
 -- minute: its hourly budget (qes_sign.yousign_poll_budget) spread over the
@@ -1422,7 +1472,14 @@ BEGIN
         END IF;
         PERFORM _stage(r, obj, body, CASE WHEN obj LIKE '%pdf' THEN 'application/pdf' ELSE 'application/json' END);
     WHEN 'put' THEN
-        UPDATE archive_staging SET stored_at = clock() WHERE request_id = r.id AND kind = obj;
+        -- S3 checked the bytes against Content-MD5 and x-amz-checksum-sha256
+        -- when it took them; an answer that confirms the digest (the checksum
+        -- echoed, or the ETag of a single PUT: its MD5) needs no HEAD
+        UPDATE archive_staging x SET stored_at = clock(),
+               verified_at = CASE WHEN _header(headers, 'x-amz-checksum-sha256') = encode(g.sha256, 'base64')
+                                    OR btrim(_header(headers, 'etag'), '"') = md5(x.content)
+                                  THEN clock() END
+         WHERE x.request_id = r.id AND x.kind = obj;
     WHEN 'head' THEN
         -- size and digest as stored (S3 checked the bytes against Content-MD5
         -- and x-amz-checksum-sha256 when it took them)

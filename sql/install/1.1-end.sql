@@ -10,6 +10,8 @@ GRANT EXECUTE ON FUNCTION _session_tenant(), my_tenants() TO qes_sign_app;
 GRANT EXECUTE ON FUNCTION create_request(text, text, bytea, jsonb, text, text, boolean, interval, uuid, uuid, text)
     TO qes_sign_app;
 GRANT SELECT ON tenant_grants, audit_anchors, webhook_ids, provider_pauses TO qes_sign_admin;
+-- the operations view calls it (a view's functions run with the reader's rights)
+GRANT EXECUTE ON FUNCTION _deletes_soon(date) TO qes_sign_admin;
 GRANT EXECUTE ON FUNCTION grant_tenant(regrole, text), revoke_tenant(regrole, text),
                           anchor_audit_chain(), verify_audit_chain(int)
     TO qes_sign_admin;

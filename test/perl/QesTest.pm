@@ -532,4 +532,156 @@ sub s3_ctl
 	return $json->decode($res->{content});
 }
 
+# ---- Other processes of a test (PgBouncer, postgres_exporter) and psql sessions through them
+
+push @EXPORT, qw(start_service wait_for_port psql_session session_query session_send session_done session_wait
+  session_quit sqlstate prom_scrape);
+
+# start_service(name, {ENV => value}, cmd...): runs cmd (no LISTENING line
+# expected) with stdout and stderr in tmp_check/log/<script>_<name>.log;
+# returns {pid, name, log}.  stop_child stops it; it is killed at the end
+# of the script like every child started here.
+sub start_service
+{
+	my ($name, $env, @cmd) = @_;
+	my $script = basename($0, '.pl');
+	my $log = "$PostgreSQL::Test::Utils::log_path/${script}_$name.log";
+	my $pid = fork() // die "fork: $!";
+	if ($pid == 0)
+	{
+		$ENV{$_} = $env->{$_} for keys %{ $env // {} };
+		open STDIN,  '<',  '/dev/null';
+		open STDOUT, '>>', $log or die "$log: $!";
+		open STDERR, '>&', \*STDOUT or die "dup: $!";
+		exec @cmd or die "exec @cmd: $!";
+	}
+	push @children, $pid;
+	return { pid => $pid, name => $name, log => $log };
+}
+
+# wait_for_port(service, port, timeout = 20): true once 127.0.0.1:port
+# accepts a connection; dies (with the service's log) if the service exits.
+sub wait_for_port
+{
+	my ($svc, $port, $timeout) = @_;
+	require IO::Socket::INET;
+	my $deadline = time + ($timeout // 20);
+	while (time < $deadline)
+	{
+		my $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port, Timeout => 1);
+		if ($sock) { close $sock; return 1; }
+		if (waitpid($svc->{pid}, WNOHANG) == $svc->{pid})
+		{
+			@children = grep { $_ != $svc->{pid} } @children;
+			die "$svc->{name} exited at start: " . PostgreSQL::Test::Utils::slurp_file($svc->{log});
+		}
+		usleep(50_000);
+	}
+	return 0;
+}
+
+# psql_session(connstr): a psql process kept open on one connection (any
+# connection string: through a pooler, as another role), for a test that
+# needs several clients at once; statements go through session_query.
+# Errors do not end it (no ON_ERROR_STOP) and name their SQLSTATE
+# (VERBOSITY verbose); session_quit ends it.
+sub psql_session
+{
+	my ($connstr) = @_;
+	my $s = { in => '', out => '', err => '', n => 0, connstr => $connstr };
+	$s->{timer} = IPC::Run::timeout($PostgreSQL::Test::Utils::timeout_default);
+	$s->{run} = IPC::Run::start(
+		[ 'psql', '-XAtq', '-v', 'VERBOSITY=verbose', '-d', $connstr, '-f', '-' ],
+		'<', \$s->{in}, '>', \$s->{out}, '2>', \$s->{err}, $s->{timer});
+	my ($out, $err) = session_query($s, 'SELECT 1');
+	die "psql_session($connstr): $err" unless $out eq '1' && $err eq '';
+	return $s;
+}
+
+# session_query(session, sql): sends sql (one or more statements) and waits
+# until psql has run it; returns (stdout, stderr) without the trailing
+# newline, or stdout alone in scalar context.
+sub session_query
+{
+	my ($s, $sql) = @_;
+	session_send($s, $sql);
+	return session_wait($s);
+}
+
+# session_send(session, sql): sends sql without waiting for it (a client
+# that queues behind another one's transaction); session_wait collects it.
+sub session_send
+{
+	my ($s, $sql) = @_;
+	die "session_send: the last statements were not collected\n" if $s->{banner};
+	$s->{banner} = 'qes_session_done ' . ++$s->{n};
+	$s->{out} = $s->{err} = '';
+	$s->{in} .= "$sql\n;\n\\echo '$s->{banner}'\n\\warn '$s->{banner}'\n";
+	$s->{run}->pump_nb;
+	return;
+}
+
+# session_done(session): true once the statements sent have run (does not block)
+sub session_done
+{
+	my ($s) = @_;
+	$s->{run}->pump_nb;
+	return $s->{out} =~ /^\Q$s->{banner}\E\n/m && $s->{err} =~ /^\Q$s->{banner}\E\n/m;
+}
+
+# session_wait(session): waits for the statements sent; returns like session_query
+sub session_wait
+{
+	my ($s) = @_;
+	my $banner = $s->{banner} // die "session_wait: nothing sent\n";
+	$s->{timer}->start($PostgreSQL::Test::Utils::timeout_default);
+	$s->{run}->pump
+	  until ($s->{out} =~ /^\Q$banner\E\n/m && $s->{err} =~ /^\Q$banner\E\n/m)
+	  || $s->{timer}->is_expired;
+	die "session_wait timed out: $s->{err}" if $s->{timer}->is_expired;
+	my ($out, $err) = ($s->{out}, $s->{err});
+	s/^\Q$banner\E\n//m, s/\n\z// for $out, $err;
+	$s->{banner} = undef;
+	return wantarray ? ($out, $err) : $out;
+}
+
+# session_quit(session): ends psql.
+sub session_quit
+{
+	my ($s) = @_;
+	$s->{in} .= "\\q\n";
+	$s->{run}->finish;
+	return;
+}
+
+# sqlstate(stderr): the SQLSTATE of the first error psql printed
+# (VERBOSITY verbose: "psql:<stdin>:3: ERROR:  42501: ..."), or '' if
+# there is none.
+sub sqlstate
+{
+	my ($err) = @_;
+	return ($err // '') =~ /\b(?:ERROR|FATAL):\s+([0-9A-Z]{5}):/ ? $1 : '';
+}
+
+# prom_scrape(url): the metrics of a Prometheus text exposition as
+# {"name{label=\"value\",...}" => value} (labels as written) and
+# {name => [[{label => value}, value], ...]}; dies unless the answer is 200.
+sub prom_scrape
+{
+	my ($url) = @_;
+	my $res = $http->get($url);
+	die "GET $url: $res->{status} $res->{content}" unless $res->{success};
+	my (%raw, %by_name);
+	for my $line (split /\n/, $res->{content})
+	{
+		next if $line =~ /^#/ || $line !~ /\S/;
+		my ($series, $value) = $line =~ /^(\S+?(?:\{.*\})?)\s+(\S+)(?:\s+\d+)?$/ or next;
+		$raw{$series} = $value;
+		my ($name, $labels) = $series =~ /^([^{]+)(?:\{(.*)\})?$/;
+		my %l = ($labels // '') =~ /(\w+)="((?:[^"\\]|\\.)*)"/g;
+		push @{ $by_name{$name} }, [ \%l, $value ];
+	}
+	return (\%raw, \%by_name);
+}
+
 1;
