@@ -326,3 +326,20 @@ SELECT regress.yreply(regress.uuid(861), 'refresh', 'get_signers', 200,
 SELECT email, status, signed_at FROM qes_sign.signers WHERE request_id = regress.uuid(861) ORDER BY position;
 SELECT a.status, w.state FROM qes_sign.signatur_anfragen a JOIN qes_sign.work_items w ON w.request_id = a.id
  WHERE a.id = regress.uuid(861) AND w.kind = 'refresh';
+
+-- 10. Found activated, but the answers that named its signers were lost (a
+-- failover): its signers are read and matched by address before it is applied
+SELECT regress.yrequest(regress.uuid(871));
+SELECT count(*) FROM regress.ycall(regress.uuid(871));
+SELECT regress.yreply(regress.uuid(871), 'submit', 'create', 0, '');
+UPDATE qes_sign.work_items SET due_at = now() WHERE request_id = regress.uuid(871) AND state = 'pending';
+SELECT kind FROM regress.ycall(regress.uuid(871));
+SELECT regress.yreply(regress.uuid(871), 'submit', 'lookup', 200,
+    '{"meta": {"next_cursor": null}, "data": [' || regress.ysr(regress.uuid(871), 'ongoing', '{notified,initiated}') || ']}');
+SELECT kind, path FROM regress.ycall(regress.uuid(871));
+SELECT regress.yreply(regress.uuid(871), 'submit', 'signers', 200,
+    '[{"id": "sg-1", "status": "notified", "info": {"email": "signer1@example.org"}},
+      {"id": "sg-2", "status": "initiated", "info": {"email": "signer2@example.org"}}]');
+SELECT a.status, a.provider_id, w.state FROM qes_sign.signatur_anfragen a JOIN qes_sign.work_items w ON w.request_id = a.id
+ WHERE a.id = regress.uuid(871) AND w.kind = 'submit';
+SELECT email, status, provider_signer_id FROM qes_sign.signers WHERE request_id = regress.uuid(871) ORDER BY position;

@@ -26,6 +26,7 @@
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/pmsignal.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/array.h"
@@ -64,6 +65,7 @@ static SPIPlanPtr record_plan = NULL;
 static SPIPlanPtr unapplied_plan = NULL;
 static SPIPlanPtr claim_plan = NULL;
 static SPIPlanPtr next_due_plan = NULL;
+static SPIPlanPtr same_plan = NULL;
 
 PGDLLEXPORT void qes_worker_main(Datum arg);
 
@@ -326,6 +328,90 @@ new_call(WorkerState *st, const char *target, const char *kind,
 }
 
 /*
+ * same_candidate: a state answer (a refresh's GET, 2xx) that may equal the
+ * last one applied in full
+ */
+static bool
+same_candidate(QesCall *call)
+{
+	return call->item_id > 0 && strcmp(call->kind, "get") == 0 && call->sign == NULL &&
+		qes_call_error(call) == NULL && call->status >= 200 && call->status < 300;
+}
+
+/*
+ * record_same hands every state answer of this step to
+ * qes_sign._record_same in one statement: those equal to the last state
+ * applied in full only mark their request synced (the steady state of
+ * reconciliation costs one statement per step, not per call).  They are
+ * counted and freed; the rest stay in *done for record_one.  An error
+ * leaves all of them to record_one.
+ */
+static void
+record_same(dlist_head *done)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	dlist_mutable_iter it;
+	Datum	   *items = palloc(sizeof(Datum) * qes_max_concurrency * 2);
+	Datum	   *bodies = palloc(sizeof(Datum) * qes_max_concurrency * 2);
+	int			n = 0;
+
+	dlist_foreach_modify(it, done)
+	{
+		QesCall    *call = dlist_container(QesCall, node, it.cur);
+
+		if (n < qes_max_concurrency * 2 && same_candidate(call))
+		{
+			items[n] = Int64GetDatum(call->item_id);
+			bodies[n++] = PointerGetDatum(qes_call_body(call));
+		}
+	}
+	if (n == 0)
+		return;
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		Oid			types[2] = {INT8ARRAYOID, BYTEAARRAYOID};
+		Datum		values[2] = {
+			PointerGetDatum(construct_array(items, n, INT8OID, 8, true, TYPALIGN_DOUBLE)),
+		PointerGetDatum(construct_array(bodies, n, BYTEAOID, -1, false, TYPALIGN_INT))};
+
+		if (SPI_execute_plan(qes_keep_plan(&same_plan, "SELECT qes_sign._record_same($1, $2)", 2, types),
+							 values, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "qes_sign._record_same failed");
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			bool		isnull;
+			int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+
+			dlist_foreach_modify(it, done)
+			{
+				QesCall    *call = dlist_container(QesCall, node, it.cur);
+
+				if (call->item_id == id && same_candidate(call))
+				{
+					dlist_delete(it.cur);
+					qes_call_free(call);
+					qes_count(QES_API_CALLS);
+					break;
+				}
+			}
+		}
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+}
+
+/*
  * call_from_row turns one row of qes_sign._claim into a call, in its own
  * context under the worker's calls context (it outlives the transaction).
  */
@@ -486,6 +572,7 @@ step(WorkerState *st, dlist_head *done)
 		st->reloaded = false;
 		want = room > 0;
 	}
+	record_same(done);
 	dlist_foreach_modify(it, done)
 	{
 		QesCall    *call = dlist_container(QesCall, node, it.cur);
@@ -589,6 +676,10 @@ wait_for_work(WorkerState *st, dlist_head *done)
 	if (qes_http_in_flight() > 0)
 	{
 		qes_http_wait(QES_BUSY_POLL_MS, done);
+		/* libcurl's poll does not watch the postmaster: an orphan must not
+		 * go on calling out and recording into a dead server's copy */
+		if (!PostmasterIsAlive())
+			proc_exit(1);
 		if (MyLatch->is_set)
 		{
 			ResetLatch(MyLatch);

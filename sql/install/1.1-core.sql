@@ -1131,6 +1131,34 @@ BEGIN
 END
 $$;
 
+-- _record_same: the state answers of one step of the worker that equal
+-- the last state applied in full (answer_sha): each only marks its request
+-- synced and its refresh done, in one statement for all of them (the steady
+-- state of reconciliation).  Not for a refresh asked to run again, nor for
+-- a Yousign answer that says a rate-limit window is used up.  Returns the
+-- work items it settled; the worker records the others one by one.
+CREATE FUNCTION _record_same(items bigint[], bodies bytea[]) RETURNS SETOF bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, qes_sign, pg_temp AS $$
+DECLARE
+    item bigint;
+    body bytea;
+    rid uuid;
+BEGIN
+    FOR item, body IN SELECT * FROM unnest(items, bodies) LOOP
+        SELECT w.request_id INTO rid FROM work_items w
+         WHERE w.id = item AND w.state = 'pending' AND w.kind = 'refresh' AND NOT w.payload ? 'again';
+        CONTINUE WHEN NOT FOUND;
+        UPDATE signatur_anfragen a SET synced_at = clock()
+         WHERE a.id = rid AND a.provider <> 'yousign' AND a.answer_sha = sha256(body);
+        CONTINUE WHEN NOT FOUND;
+        UPDATE work_items w SET state = 'done', last_error = NULL, failures = 0, leased_until = NULL,
+               finished_at = clock()
+         WHERE w.id = item;
+        RETURN NEXT item;
+    END LOOP;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION _record_result(p_item bigint, call_kind text, http_status int, body bytea,
                                retry_after int, transport_error text, headers text DEFAULT NULL)
 RETURNS text LANGUAGE plpgsql SET search_path = pg_catalog, qes_sign, pg_temp AS $$
@@ -1296,20 +1324,26 @@ $$;
 
 DROP FUNCTION _next_due();
 CREATE FUNCTION _next_due(ready text[] DEFAULT '{skribble,yousign}') RETURNS double precision
-LANGUAGE sql STABLE SET search_path = pg_catalog, qes_sign, pg_temp AS $$
-    -- (the first claimable item of each queue in due order: index scans
-    -- that stop early, not an aggregate over the whole queue)
-    SELECT greatest(0, extract(epoch FROM least(
-        (SELECT w.due_at FROM work_items w LEFT JOIN signatur_anfragen a ON a.id = w.request_id
-          WHERE w.state = 'pending' AND w.kind <> 'archive'
-            AND (w.leased_until IS NULL OR w.leased_until < clock())
-            AND _claimable(w.kind, a.provider, a.provider_id, _ready(ready), false)
-          ORDER BY w.due_at, w.id LIMIT 1),
-        (SELECT w.due_at FROM work_items w JOIN signatur_anfragen a ON a.id = w.request_id
-          WHERE w.state = 'pending' AND w.kind = 'archive'
-            AND (w.leased_until IS NULL OR w.leased_until < clock())
-            AND _claimable(w.kind, a.provider, a.provider_id, _ready(ready), _fetched(w.request_id))
-          ORDER BY w.due_at, w.id LIMIT 1)) - clock()) * 1000)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, qes_sign, pg_temp AS $$
+DECLARE
+    calls timestamptz;
+    archive timestamptz;
+BEGIN
+    -- the first claimable item of each queue in due order: index scans that
+    -- stop early, not an aggregate over the whole queue
+    ready := _ready(ready);
+    SELECT w.due_at INTO calls FROM work_items w LEFT JOIN signatur_anfragen a ON a.id = w.request_id
+     WHERE w.state = 'pending' AND w.kind <> 'archive'
+       AND (w.leased_until IS NULL OR w.leased_until < clock())
+       AND _claimable(w.kind, a.provider, a.provider_id, ready, false)
+     ORDER BY w.due_at, w.id LIMIT 1;
+    SELECT w.due_at INTO archive FROM work_items w JOIN signatur_anfragen a ON a.id = w.request_id
+     WHERE w.state = 'pending' AND w.kind = 'archive'
+       AND (w.leased_until IS NULL OR w.leased_until < clock())
+       AND _claimable(w.kind, a.provider, a.provider_id, ready, _fetched(w.request_id))
+     ORDER BY w.due_at, w.id LIMIT 1;
+    RETURN greatest(0, extract(epoch FROM least(calls, archive) - clock()) * 1000);
+END
 $$;
 
 -- _anchor_due: the head moved since the last anchor, and that anchor is

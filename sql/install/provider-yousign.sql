@@ -360,7 +360,13 @@ BEGIN
             found := found || jsonb_build_object(sid::text, x ->> 'id');
         END IF;
     END LOOP;
-    UPDATE work_items SET payload = payload - 'list_signers' WHERE id = w.id;
+    UPDATE work_items SET payload = payload - 'list_signers' - 'lookup' WHERE id = w.id;
+    IF w.payload ? 'activated' THEN
+        PERFORM _emit(w.request_id, 'create_recovered', jsonb_build_object(
+            'provider_id', w.payload #>> '{activated,id}', 'step', 'activated'));
+        PERFORM _yousign_apply(w.request_id, w.payload -> 'activated');
+        RETURN _finish(w.id, 'done');
+    END IF;
     RETURN _yousign_step(w, jsonb_build_object('signers', found));
 END
 $$;
@@ -400,7 +406,15 @@ BEGIN
         PERFORM _yousign_discard(w.request_id, (SELECT jsonb_agg(x -> 'id') FROM jsonb_array_elements(mine) x
                                                   WHERE x ->> 'status' = 'draft' AND x ->> 'id' <> best ->> 'id'));
     END IF;
-    IF best IS NOT NULL AND best ->> 'status' <> 'draft' THEN
+    IF best IS NOT NULL AND best ->> 'status' <> 'draft' AND EXISTS (
+           SELECT FROM signers s WHERE s.request_id = w.request_id AND s.status <> 'replaced'
+              AND s.provider_signer_id IS NULL) THEN
+        -- activated, but the answers naming its signers were lost (a crash,
+        -- a failover): read its signers first, then apply it
+        UPDATE work_items SET payload = payload - 'lookup' - 'lost' - 'lost_step' WHERE id = w.id;
+        RETURN _again(w.id, '0', jsonb_build_object('draft', best ->> 'id', 'list_signers', true,
+                                                    'activated', best, 'lookups', lookups));
+    ELSIF best IS NOT NULL AND best ->> 'status' <> 'draft' THEN
         PERFORM _emit(w.request_id, 'create_recovered', jsonb_build_object('provider_id', best ->> 'id',
                                                                            'step', 'activated', 'lookups', lookups));
         PERFORM _yousign_apply(w.request_id, best);
