@@ -30,9 +30,19 @@ REGRESS = install status_machine create_request actions apply_state \
 	yousign_rules
 # isolation specs (specs/*.spec, expected/*.out)
 ISOLATION = concurrent_completion concurrent_audit notifications
-REGRESS_OPTS = --temp-config=$(srcdir)/test/qes_sign.conf --temp-instance=./tmp_check
-ISOLATION_OPTS = --temp-config=$(srcdir)/test/qes_sign.conf --temp-instance=./tmp_check_iso \
-	--inputdir=$(srcdir)/test/isolation
+# make installcheck: against the server at PGHOST/PGPORT, which must load
+# qes_sign with the settings of test/qes_sign.conf (include it); with
+# TEMP_INSTANCE=1 each suite starts a temporary server of its own, as
+# test/run-all.sh does.  Both run the TAP suites too (as a user other than root).
+REGRESS_OPTS = --temp-config=$(srcdir)/test/qes_sign.conf
+ISOLATION_OPTS = --temp-config=$(srcdir)/test/qes_sign.conf --inputdir=$(srcdir)/test/isolation
+ifdef TEMP_INSTANCE
+REGRESS_OPTS += --temp-instance=./tmp_check_regress
+ISOLATION_OPTS += --temp-instance=./tmp_check_iso
+endif
+TAP_TESTS = 1
+PROVE_TESTS = test/t/*.pl
+PROVE_FLAGS = -I $(srcdir)/test/perl
 
 PG_CPPFLAGS = -Wall -Wextra -Werror -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare -I$(srcdir)/src
 SHLIB_LINK = -lcrypto -lcurl

@@ -10,10 +10,21 @@ scripts=(intake.sh create.sh worker_calls.sh latency.sh archive.sh memory.sh)
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 failed=0
+# the worker's throughput at three queue depths (one, at a tiny size)
+runs=()
 for s in "${scripts[@]}"; do
+    if [ "$s" = worker_calls.sh ] && [ "${1:-}" != --tiny ]; then
+        runs+=("worker_calls.sh 1000" "worker_calls.sh 10000" "worker_calls.sh 100000")
+    else
+        runs+=("$s")
+    fi
+done
+for r in "${runs[@]}"; do
+    s=${r%% *}; args=${r#"$s"}
     [ -f "$here/$s" ] || continue
-    echo "== bench/$s $*" >&2
-    if ! bash "$here/$s" "$@" > "$out.$s" 2>&1; then
+    echo "== bench/$r $*" >&2
+    # shellcheck disable=SC2086
+    if ! bash "$here/$s" "$@" $args > "$out.$s" 2>&1; then
         echo "bench/$s failed:" >&2
         tail -20 "$out.$s" >&2
         failed=$((failed + 1))

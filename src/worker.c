@@ -565,6 +565,8 @@ step(WorkerState *st, dlist_head *done)
 	dlist_init(&claimed);
 	if (dlist_is_empty(done) && !tick && !want && !st->reloaded)
 		return;
+	if (!PostmasterIsAlive())
+		proc_exit(1);			/* no new call for a server that is gone */
 	begin_xact();
 	if (st->reloaded)
 	{

@@ -96,6 +96,18 @@ else
     failed=$((failed + 1)); echo "FAILED libFuzzer harness"; tail -30 "$scratch/fuzz.log"
 fi
 
+echo "== Debian package (test/package/run.sh: build, apt-get install, the suites on its files)"
+if bash "$repo/test/package/run.sh" > "$scratch/package.log" 2>&1; then :; fi
+grep -E '^(ok|FAILED|not ok)|^package:' "$scratch/package.log" | tail -5
+pkg=$(sed -n 's/^package: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' "$scratch/package.log" | tail -1)
+if [ -n "$pkg" ]; then
+    passed=$((passed + ${pkg% *})); failed=$((failed + ${pkg#* }))
+else
+    failed=$((failed + 1)); echo "FAILED test/package/run.sh"; tail -30 "$scratch/package.log"
+fi
+# the package was removed again: this tree's build goes back in place
+make -s -C "$repo" install >/dev/null
+
 echo "== bench/ at a tiny size (the scripts still run; figures mean nothing here)"
 if bash "$repo/bench/run-all.sh" --tiny > "$scratch/bench.log" 2>&1; then
     passed=$((passed + 1)); echo "ok bench/run-all.sh --tiny"

@@ -7,9 +7,11 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 
 packages=(postgresql-15 postgresql-contrib postgresql-server-dev-15 libcurl4-openssl-dev
           libssl-dev perl libipc-run-perl make gcc nodejs npm
-          python3-boto3 wrk clang-14 libclang-rt-14-dev pgbouncer prometheus-postgres-exporter)
+          python3-boto3 wrk clang-14 libclang-rt-14-dev pgbouncer prometheus-postgres-exporter
+          patroni etcd-server)
 # boto3: the archive tests' independent S3 client; wrk: bench/; clang: the
-# libFuzzer harness (test/reliability/fuzz); pgbouncer and the exporter: test/t/012, 013
+# libFuzzer harness (test/reliability/fuzz); pgbouncer and the exporter: test/t/012,
+# 013; patroni and etcd: test/reliability/r08_patroni.pl
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
