@@ -33,9 +33,22 @@ SELECT regress.answer(regress.uuid(401), 'fetch:protocol_pdf', 200, E'%PDF-1.4 p
 SELECT c.kind, c.path, c.headers FROM qes_sign._claim(10) c;
 SELECT regress.answer(regress.uuid(401), 'fetch:protocol_json', 200, '{"header": {"id": "sr-x"}, "userList": []}');
 
--- 2. the record of the request is built here, then each object goes up
-SELECT c.kind, c.target, c.method, c.path ~ '^hv-eppendorf/2026/[0-]+191/protocol\.json$' AS key_ok,
-       c.headers, length(c.data) AS bytes FROM qes_sign._claim(10) c;
+-- 2. the record of the request was staged with the last fetch; the four objects go up
+--    in parallel, each with the digests taken when it was staged (S3 checks
+--    the bytes against them); the worker reads the data from the staging row
+SELECT c.kind, c.target, c.method,
+       c.path = 'hv-eppendorf/2026/' || g.request_id || '/' || replace(g.kind, '_', '.') AS key_ok,
+       c.headers[1] AS content_type,
+       c.headers[2:] = ARRAY['Content-MD5: ' || encode(decode(md5(g.content), 'hex'), 'base64'),
+                             'x-amz-checksum-sha256: ' || encode(sha256(g.content), 'base64'),
+                             'x-amz-content-sha256: ' || encode(sha256(g.content), 'hex'),
+                             'x-amz-meta-sha256: ' || encode(sha256(g.content), 'hex')] AS digests_ok,
+       c.data IS NULL AS data_from_staging
+  FROM qes_sign._claim(10) c JOIN qes_sign.archive_staging g ON 'put:' || g.kind = c.kind
+ ORDER BY g.size DESC, g.kind;
+-- all four in flight: nothing to claim until an answer comes
+SELECT count(*) AS claimed FROM qes_sign._claim(10);
+SELECT kind FROM qes_sign.archive_staging WHERE leased_until IS NOT NULL ORDER BY kind;
 SELECT kind, key, content_type, encode(sha256, 'hex') = encode(sha256(content), 'hex') AS digest_ok,
        stored_at IS NOT NULL AS stored FROM qes_sign.archive_staging ORDER BY kind;
 SELECT r -> 'request' ->> 'title' AS title, jsonb_array_length(r -> 'signers') AS signers,

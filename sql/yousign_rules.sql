@@ -308,7 +308,8 @@ SELECT regress.yreply(regress.uuid(851), 'archive', 'fetch:signed_pdf', 200, '%P
 SELECT regress.yreply(regress.uuid(851), 'archive', 'fetch:protocol_pdf', 200, '%PDF-1.7 audit trail %%EOF');
 SELECT regress.yreply(regress.uuid(851), 'archive', 'fetch:protocol_json', 200,
     '[{"id": "sg-1", "status": "signed", "info": {"email": "signer1@example.org"}}]');
-SELECT c.kind, c.target, c.method FROM qes_sign._claim(10, '{}') c WHERE c.request_id = regress.uuid(851);
+-- (the four objects go up in parallel)
+SELECT c.kind, c.target, c.method FROM qes_sign._claim(10, '{}') c WHERE c.request_id = regress.uuid(851) ORDER BY 1;
 SELECT jsonb_object_keys(convert_from(content, 'UTF8')::jsonb) AS protocol_json_keys FROM qes_sign.archive_staging
  WHERE request_id = regress.uuid(851) AND kind = 'protocol_json' ORDER BY 1;
 

@@ -106,17 +106,18 @@ qes_call_free(QesCall *call)
 }
 
 /*
- * qes_call_set_data makes a bytea the body of a call (an S3 upload), copied
- * into the call's context.
+ * qes_call_set_data makes a bytea datum the body of a call (an S3 upload):
+ * detoasted or copied into the call's context, once (it may be 40 MB).
  */
 void
-qes_call_set_data(QesCall *call, bytea *data)
+qes_call_set_data(QesCall *call, Datum data)
 {
-	size_t		len = VARSIZE_ANY_EXHDR(data);
+	MemoryContext old = MemoryContextSwitchTo(call->cxt);
+	bytea	   *copy = DatumGetByteaPCopy(data);
 
-	call->body = MemoryContextAlloc(call->cxt, len + 1);
-	memcpy(call->body, VARDATA_ANY(data), len);
-	call->body_len = len;
+	MemoryContextSwitchTo(old);
+	call->body = VARDATA(copy);
+	call->body_len = VARSIZE(copy) - VARHDRSZ;
 }
 
 /*
@@ -202,10 +203,10 @@ qes_call_error(QesCall *call)
 }
 
 /*
- * has_header tells whether SQL already gave a header of that name.
+ * qes_call_has_header tells whether SQL already gave a header of that name.
  */
-static bool
-has_header(QesCall *call, const char *name)
+bool
+qes_call_has_header(QesCall *call, const char *name)
 {
 	ListCell   *lc;
 	size_t		n = strlen(name);
@@ -280,9 +281,9 @@ set_request(QesCall *call, const char *bearer)
 
 	foreach(lc, call->headers_in)
 		h = curl_slist_append(h, lfirst(lc));
-	if (!has_header(call, "Accept"))
+	if (!qes_call_has_header(call, "Accept"))
 		h = curl_slist_append(h, "Accept: application/json");
-	if (call->content_type && !has_header(call, "Content-Type"))
+	if (call->content_type && !qes_call_has_header(call, "Content-Type"))
 		h = qes_add_header(h, "Content-Type: %s", call->content_type);
 	else if (!call->headers_signed && call->body == NULL && call->form == NIL &&
 			 strcmp(call->method, "GET") != 0 &&

@@ -76,7 +76,8 @@ extern void qes_call_reset(QesCall *call);
 extern const char *qes_call_error(QesCall *call);
 extern struct curl_slist *qes_add_header(struct curl_slist *h, const char *fmt,
 										 const char *value);
-extern void qes_call_set_data(QesCall *call, bytea *data);
+extern void qes_call_set_data(QesCall *call, Datum data);
+extern bool qes_call_has_header(QesCall *call, const char *name);
 extern void qes_call_add_headers(QesCall *call, ArrayType *lines);
 extern bytea *qes_call_body(QesCall *call);
 extern void qes_call_add_form(QesCall *call, ArrayType *parts);

@@ -65,7 +65,7 @@ qes_sign_s3_request(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(3))
 		call->url = psprintf("%s?%s", call->url, text_to_cstring(PG_GETARG_TEXT_PP(3)));
 	if (!PG_ARGISNULL(4))
-		qes_call_set_data(call, PG_GETARG_BYTEA_PP(4));
+		qes_call_set_data(call, PG_GETARG_DATUM(4));
 	if (!PG_ARGISNULL(5))
 		qes_call_add_headers(call, PG_GETARG_ARRAYTYPE_P(5));
 	perform(call);
@@ -136,7 +136,10 @@ qes_s3_url(const char *bucket, const char *key)
  * s3_sign signs an S3 call with SigV4 (libcurl) and adds the payload's
  * digests: x-amz-content-sha256 (libcurl 7.88 would sign an empty-body
  * hash), and for an upload Content-MD5, x-amz-checksum-sha256 and the
- * SHA-256 as metadata, so the stored object can be checked later.
+ * SHA-256 as metadata, so the stored object can be checked later.  An
+ * archive object's upload brings the digests taken when it was staged
+ * (_put_digests): S3 then checks the bytes against those, and nothing is
+ * hashed here.
  */
 static struct curl_slist *
 s3_sign(QesCall *call, struct curl_slist *h)
@@ -153,6 +156,8 @@ s3_sign(QesCall *call, struct curl_slist *h)
 	curl_easy_setopt(call->easy, CURLOPT_PASSWORD, qes_s3_secret_key);
 	pfree(sigv4);
 
+	if (qes_call_has_header(call, "x-amz-content-sha256"))
+		return h;
 	qes_sha256(call->body ? call->body : "", call->body ? call->body_len : 0, sha);
 	hex_encode((char *) sha, QES_SHA256_LEN, hex);
 	hex[2 * QES_SHA256_LEN] = '\0';

@@ -440,7 +440,7 @@ call_from_row(WorkerState *st, HeapTuple tup, TupleDesc desc)
 	}
 	data = SPI_getbinval(tup, desc, 7, &isnull);
 	if (!isnull)
-		qes_call_set_data(call, DatumGetByteaPP(data));
+		qes_call_set_data(call, data);
 	headers = SPI_getbinval(tup, desc, 8, &isnull);
 	if (!isnull)
 		qes_call_add_headers(call, DatumGetArrayTypeP(headers));
@@ -470,6 +470,20 @@ ready_targets(void)
 }
 
 /*
+ * The claim.  An upload of a staged archive object comes without its data
+ * (_archive_calls): it is read here, as a TOAST pointer that call_from_row
+ * detoasts straight into the call, instead of being copied through every
+ * plpgsql function and row it would pass.
+ */
+#define CLAIM_SQL \
+	"SELECT c.item_id, c.kind, c.target, c.method, c.path, c.body, " \
+	"       COALESCE(c.data, g.content), c.headers, c.form " \
+	"  FROM qes_sign._claim($1, $2) c LEFT JOIN qes_sign.archive_staging g " \
+	"    ON c.data IS NULL AND c.method OPERATOR(pg_catalog.=) 'PUT' " \
+	"   AND g.request_id OPERATOR(pg_catalog.=) c.request_id " \
+	"   AND g.kind OPERATOR(pg_catalog.=) pg_catalog.split_part(c.kind, ':', 2)"
+
+/*
  * claim takes up to n due work items and turns them into calls (in the
  * worker's calls context, so they outlive the transaction).
  */
@@ -478,9 +492,7 @@ claim(WorkerState *st, int n, dlist_head *claimed)
 {
 	Oid			types[2] = {INT4OID, TEXTARRAYOID};
 	Datum		values[2] = {Int32GetDatum(n), ready_targets()};
-	SPIPlanPtr	plan = qes_keep_plan(&claim_plan,
-									 "SELECT item_id, kind, target, method, path, body, data, headers, form "
-									 "FROM qes_sign._claim($1, $2)", 2, types);
+	SPIPlanPtr	plan = qes_keep_plan(&claim_plan, CLAIM_SQL, 2, types);
 	uint64		rows;
 
 	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_SELECT)

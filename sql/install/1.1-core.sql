@@ -1178,6 +1178,10 @@ BEGIN
         PERFORM _provider_limits(provider, http_status, retry_after, headers);
     END IF;
     IF w.kind IN ('archive', 'anchor') THEN
+        IF w.kind = 'archive' AND call_kind ~ '^(put|head):' THEN
+            UPDATE archive_staging SET leased_until = NULL
+             WHERE request_id = w.request_id AND kind = split_part(call_kind, ':', 2);
+        END IF;
         -- nothing about archiving is final: the request stays vollstaendig
         IF ok THEN
             RETURN CASE w.kind WHEN 'anchor' THEN _anchor_stored(w)
@@ -1227,8 +1231,10 @@ BEGIN
         RETURN _anchor_call(w);
     END IF;
     SELECT * INTO r FROM signatur_anfragen WHERE id = w.request_id;
-    IF w.kind = 'archive' THEN
-        RETURN _archive_call(w, r);
+    IF w.kind <> 'submit' THEN
+        -- only a submit sends the document; passed on as part of r, a
+        -- 40 MB PDF would be read and copied by every call that takes r
+        r.document := NULL;
     END IF;
     RETURN _provider_call(w, r);
 END
@@ -1269,6 +1275,8 @@ DECLARE
     call api_call;
     ids bigint[];
     reserve int;
+    spare int;
+    taken int;
 BEGIN
     ready := _ready(ready);
     -- verified callbacks become one refresh per request; one already in
@@ -1287,6 +1295,7 @@ BEGIN
                   WHERE a.status = 'vollstaendig' AND _deletes_soon(a.deletion_date)
                     AND w.kind = 'archive' AND w.state = 'pending' AND w.due_at <= clock()
                     AND (w.leased_until IS NULL OR w.leased_until < clock()) AND _s3_configured()
+                    AND _archive_open(w.request_id)
                   ORDER BY a.deletion_date, w.id LIMIT n
                     FOR UPDATE OF w SKIP LOCKED);
     -- calls about a request's state go before archiving, so that a
@@ -1294,7 +1303,8 @@ BEGIN
     -- the room while it is due (it never starves)
     reserve := CASE WHEN cardinality(ids) < n AND EXISTS (
                         SELECT FROM work_items w WHERE w.state = 'pending' AND w.kind = 'archive'
-                           AND w.due_at <= clock() AND (w.leased_until IS NULL OR w.leased_until < clock()))
+                           AND w.due_at <= clock() AND (w.leased_until IS NULL OR w.leased_until < clock())
+                           AND _archive_open(w.request_id))
                     THEN greatest(1, (n - cardinality(ids)) / 4) ELSE 0 END;
     ids := ids || ARRAY(SELECT w.id FROM work_items w LEFT JOIN signatur_anfragen a ON a.id = w.request_id
                          WHERE w.state = 'pending' AND w.kind <> 'archive' AND w.due_at <= clock()
@@ -1306,14 +1316,25 @@ BEGIN
                          WHERE w.state = 'pending' AND w.kind = 'archive' AND w.due_at <= clock()
                            AND (w.leased_until IS NULL OR w.leased_until < clock())
                            AND _claimable(w.kind, a.provider, a.provider_id, ready, _fetched(w.request_id))
-                           AND w.id <> ALL (ids)
+                           AND _archive_open(w.request_id) AND w.id <> ALL (ids)
                          ORDER BY w.due_at, w.id LIMIT n - cardinality(ids)
                            FOR UPDATE OF w SKIP LOCKED);
+    -- room left by the items claimed goes to uploading a request's objects in parallel
+    spare := n - cardinality(ids);
     FOR item IN
         UPDATE work_items x SET leased_until = clock() + interval '10 minutes', attempts = x.attempts + 1
          WHERE x.id = ANY (ids)
         RETURNING x.*
     LOOP
+        IF item.kind = 'archive' THEN
+            taken := 0;
+            FOR call IN SELECT * FROM _archive_calls(item, 1 + spare) LOOP
+                RETURN NEXT call;
+                taken := taken + 1;
+            END LOOP;
+            spare := spare - greatest(taken - 1, 0);
+            CONTINUE;
+        END IF;
         call := _call_for(item);
         IF call.item_id IS NOT NULL THEN
             RETURN NEXT call;
@@ -1341,7 +1362,11 @@ BEGIN
      WHERE w.state = 'pending' AND w.kind = 'archive'
        AND (w.leased_until IS NULL OR w.leased_until < clock())
        AND _claimable(w.kind, a.provider, a.provider_id, ready, _fetched(w.request_id))
+       AND _archive_open(w.request_id)
      ORDER BY w.due_at, w.id LIMIT 1;
+    IF calls IS NULL AND archive IS NULL THEN
+        RETURN NULL;    -- nothing queued: the worker waits a tick (greatest(0, NULL) is 0)
+    END IF;
     RETURN greatest(0, extract(epoch FROM least(calls, archive) - clock()) * 1000);
 END
 $$;
@@ -1453,38 +1478,103 @@ $$;
 -- provider only says how to fetch its three objects (_provider_fetch)
 -------------------------------------------------------------------------------
 
--- _archive_call: the next step of archiving: fetch from the provider what
--- is not staged, then PUT and HEAD each object; once all are verified the
--- request is archived without another call (NULL)
-CREATE OR REPLACE FUNCTION _archive_call(w work_items, r signatur_anfragen) RETURNS api_call
+-- A request's objects are uploaded in parallel: each staged object has its
+-- own lease while its PUT or HEAD is in flight, and the work item is free
+-- again as soon as its calls are out.  Its digests are taken once, when it
+-- is staged: they go with the PUT (Content-MD5, x-amz-checksum-sha256,
+-- x-amz-content-sha256), so S3 checks the bytes it receives against what
+-- was fetched, and the worker reads the content itself, straight from
+-- TOAST (a 40 MB PDF is not copied through plpgsql).
+ALTER TABLE archive_staging ADD COLUMN md5 bytea;
+ALTER TABLE archive_staging ADD COLUMN leased_until timestamptz;
+COMMENT ON COLUMN archive_staging.md5 IS 'MD5 of the content (Content-MD5 of the PUT; NULL if staged by 1.0)';
+COMMENT ON COLUMN archive_staging.leased_until IS 'A PUT or HEAD of the object is in flight until then';
+
+-- _stage keeps one object of a request for upload, with its digests
+-- (plpgsql: its INSERT is planned once, not with the content as a constant)
+CREATE OR REPLACE FUNCTION _stage(r signatur_anfragen, p_kind text, p_content bytea, p_type text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO archive_staging (request_id, kind, key, content, content_type, sha256, md5, size)
+    VALUES (r.id, p_kind, _archive_key(r, p_kind), p_content, p_type, sha256(p_content),
+            decode(md5(p_content), 'hex'), length(p_content))
+    ON CONFLICT (request_id, kind) DO NOTHING;
+END
+$$;
+
+-- _archive_open: archiving the request has a step to take now: an object
+-- to upload or check that is not in flight, or none in flight at all (a
+-- fetch from the provider, or the end)
+CREATE FUNCTION _archive_open(request_id uuid) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT FROM qes_sign.archive_staging g
+                    WHERE g.request_id = _archive_open.request_id AND g.verified_at IS NULL
+                      AND (g.leased_until IS NULL OR g.leased_until < qes_sign.clock()))
+        OR NOT EXISTS (SELECT FROM qes_sign.archive_staging g
+                        WHERE g.request_id = _archive_open.request_id AND g.verified_at IS NULL
+                          AND g.leased_until >= qes_sign.clock())
+$$;
+
+-- _archive_calls: the next steps of archiving, at most room of them: fetch
+-- from the provider what is not staged (one at a time; the record of the
+-- request is staged with the last), then PUT or HEAD each object not in
+-- flight; once all are verified the request is archived without another
+-- call.  A PUT's data is left NULL: the worker reads the
+-- staged content itself (worker.c, claim).
+CREATE FUNCTION _archive_calls(w work_items, room int) RETURNS SETOF api_call
 LANGUAGE plpgsql AS $$
 DECLARE
+    r signatur_anfragen;
+    g record;
     next_kind text;
-    next_key text;
-    next_type text;
-    stored boolean;
-    staged text[] := ARRAY(SELECT kind FROM archive_staging WHERE request_id = r.id);
+    staged text[] := ARRAY(SELECT kind FROM archive_staging WHERE request_id = w.request_id);
 BEGIN
+    SELECT * INTO r FROM signatur_anfragen WHERE id = w.request_id;
+    r.document := NULL;     -- not needed, and never copied (_call_for)
     SELECT k INTO next_kind FROM unnest(ARRAY['signed_pdf', 'protocol_pdf', 'protocol_json']) k
      WHERE NOT k = ANY (staged) LIMIT 1;
     IF FOUND THEN
-        RETURN _provider_fetch(w, r, next_kind);
+        RETURN NEXT _provider_fetch(w, r, next_kind);
+        RETURN;
     ELSIF NOT 'record_json' = ANY (staged) THEN
+        -- (staged by 1.0 without it; the worker reads a PUT's content in
+        -- the claim's snapshot, so it goes up from the next claim on)
         PERFORM _stage(r, 'record_json', _archive_record(r), 'application/json');
+        PERFORM _again(w.id, '0');
+        RETURN;
     END IF;
-    -- (the content is read only for a PUT: a 10 MB PDF is not copied around)
-    SELECT kind, key, content_type, stored_at IS NOT NULL INTO next_kind, next_key, next_type, stored
-      FROM archive_staging WHERE request_id = r.id AND verified_at IS NULL ORDER BY kind LIMIT 1;
-    IF FOUND AND NOT stored THEN
-        RETURN ROW(w.id, r.id, 'put:' || next_kind, 's3', 'PUT', next_key, NULL,
-                   (SELECT content FROM archive_staging WHERE request_id = r.id AND kind = next_kind),
-                   _put_headers(r, next_type), NULL)::api_call;
-    ELSIF FOUND THEN
-        RETURN ROW(w.id, r.id, 'head:' || next_kind, 's3', 'HEAD', next_key, NULL, NULL, NULL, NULL)::api_call;
+    IF NOT EXISTS (SELECT FROM archive_staging WHERE request_id = r.id AND verified_at IS NULL) THEN
+        PERFORM _archive_finish(w, r);
+        RETURN;
     END IF;
-    PERFORM _archive_finish(w, r);
-    RETURN NULL;
+    -- the objects' leases stand for the item's: it may be claimed again for another object
+    UPDATE work_items SET leased_until = NULL WHERE id = w.id;
+    FOR g IN UPDATE archive_staging x SET leased_until = clock() + interval '10 minutes'
+              WHERE (x.request_id, x.kind) IN (
+                    SELECT y.request_id, y.kind FROM archive_staging y
+                     WHERE y.request_id = r.id AND y.verified_at IS NULL
+                       AND (y.leased_until IS NULL OR y.leased_until < clock())
+                     ORDER BY y.size DESC, y.kind LIMIT greatest(room, 1))
+             RETURNING x.kind, x.key, x.content_type, x.stored_at IS NOT NULL AS stored,
+                       x.sha256, coalesce(x.md5, decode(md5(x.content), 'hex')) AS md5 LOOP
+        IF g.stored THEN
+            RETURN NEXT ROW(w.id, r.id, 'head:' || g.kind, 's3', 'HEAD', g.key, NULL, NULL, NULL, NULL)::api_call;
+        ELSE
+            RETURN NEXT ROW(w.id, r.id, 'put:' || g.kind, 's3', 'PUT', g.key, NULL, NULL,
+                            _put_headers(r, g.content_type) || _put_digests(g.sha256, g.md5), NULL)::api_call;
+        END IF;
+    END LOOP;
 END
+$$;
+DROP FUNCTION _archive_call(work_items, signatur_anfragen);
+
+-- _put_digests: an upload's digests, as S3 checks them against the bytes
+CREATE FUNCTION _put_digests(sha256 bytea, md5 bytea) RETURNS text[]
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT ARRAY['Content-MD5: ' || encode(md5, 'base64'),
+                 'x-amz-checksum-sha256: ' || encode(sha256, 'base64'),
+                 'x-amz-content-sha256: ' || encode(sha256, 'hex'),
+                 'x-amz-meta-sha256: ' || encode(sha256, 'hex')]
 $$;
 
 -- _archive_answer: a successful answer to a step of archiving.  A fetched
@@ -1500,6 +1590,7 @@ DECLARE
     g record;
 BEGIN
     SELECT * INTO r FROM signatur_anfragen WHERE id = w.request_id;
+    r.document := NULL;     -- not needed, and never copied (_call_for)
     SELECT key, size, sha256 INTO g FROM archive_staging WHERE request_id = r.id AND kind = obj;
     CASE step
     WHEN 'fetch' THEN
@@ -1510,13 +1601,17 @@ BEGIN
             RETURN _retry(w, format('%s''s %s is not JSON', initcap(r.provider), obj));
         END IF;
         PERFORM _stage(r, obj, body, CASE WHEN obj LIKE '%pdf' THEN 'application/pdf' ELSE 'application/json' END);
+        IF _fetched(r.id) THEN
+            -- the record of the request, with the digests of the other three
+            PERFORM _stage(r, 'record_json', _archive_record(r), 'application/json');
+        END IF;
     WHEN 'put' THEN
         -- S3 checked the bytes against Content-MD5 and x-amz-checksum-sha256
         -- when it took them; an answer that confirms the digest (the checksum
         -- echoed, or the ETag of a single PUT: its MD5) needs no HEAD
         UPDATE archive_staging x SET stored_at = clock(),
                verified_at = CASE WHEN _header(headers, 'x-amz-checksum-sha256') = encode(g.sha256, 'base64')
-                                    OR btrim(_header(headers, 'etag'), '"') = md5(x.content)
+                                    OR btrim(_header(headers, 'etag'), '"') = coalesce(encode(x.md5, 'hex'), md5(x.content))
                                   THEN clock() END
          WHERE x.request_id = r.id AND x.kind = obj;
     WHEN 'head' THEN
@@ -1689,6 +1784,7 @@ BEGIN
        SET system_identifier = excluded.system_identifier, timeline = excluded.timeline, since = excluded.since
      WHERE (worker_home.system_identifier, worker_home.timeline)
            IS DISTINCT FROM (excluded.system_identifier, excluded.timeline);
+    UPDATE archive_staging SET leased_until = NULL WHERE leased_until IS NOT NULL;
     UPDATE work_items SET leased_until = NULL WHERE state = 'pending' AND leased_until IS NOT NULL;
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;

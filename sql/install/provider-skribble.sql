@@ -416,6 +416,7 @@ DECLARE
     deletion date;
 BEGIN
     SELECT * INTO r FROM signatur_anfragen a WHERE a.id = apply_signature_request.id FOR UPDATE;
+    r.document := NULL;     -- passed on with r: never copied (_call_for)
     IF NOT FOUND THEN
         RAISE EXCEPTION 'signature request % does not exist', id USING ERRCODE = 'P0002';
     END IF;

@@ -669,6 +669,7 @@ DECLARE
     st text := _cut(sr ->> 'status', 100);
 BEGIN
     SELECT * INTO r FROM signatur_anfragen a WHERE a.id = p_id FOR UPDATE;
+    r.document := NULL;     -- passed on with r: never copied (_call_for)
     IF jsonb_typeof(sr) IS DISTINCT FROM 'object' OR jsonb_typeof(sr -> 'id') IS DISTINCT FROM 'string'
        OR jsonb_typeof(sr -> 'status') IS DISTINCT FROM 'string' THEN
         PERFORM _invalid('sr', 'is not a Yousign SignatureRequest', 'It needs a string "id" and "status".');
@@ -700,6 +701,7 @@ BEGIN
         PERFORM _yousign_signer(r, sig, _ts(sr ->> 'completed_at', 'sr.completed_at'));
     END LOOP;
     SELECT * INTO r FROM signatur_anfragen a WHERE a.id = p_id;
+    r.document := NULL;
     SELECT * INTO target FROM _yousign_target(r, sr);
     RETURN _transition(r.id, target.status, target.reason);
 END
