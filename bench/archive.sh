@@ -76,35 +76,9 @@ wait_for "SELECT count(*) FROM qes_sign.signatur_anfragen WHERE provider_id IS N
 t_submitted=$(date +%s.%N)
 q "SELECT pg_stat_statements_reset()" >/dev/null
 
-# boto3 ROUND: the independent client PUTs and HEADs the same number and sizes of objects as one
-# round of the worker, to the same server, PAR at a time; prints seconds and bytes
-boto3() {
-    /usr/bin/python3 - "$repo/test/s3" "http://127.0.0.1:$s3_port" "$n" "$w_big" "$w_small" "$par" "$work/lease.pdf" "$1" <<'PY'
-import os, sys, time, types
-from concurrent.futures import ThreadPoolExecutor
-sys.path.insert(0, sys.argv[1])
-import check                                   # test/s3/check.py: its boto3 client configuration
-endpoint, n, big, small, par, pdf, rnd = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], int(sys.argv[6]), sys.argv[7], sys.argv[8]
-s3 = check.client(types.SimpleNamespace(endpoint=endpoint, region="us-east-1",
-                                        access_key="qes-test-access", secret="qes-test-secret"))
-data = open(pdf, "rb").read()
-data = (data * (big // len(data) + 1))[:big]
-smalls = [os.urandom(int(s)) for s in small.split(",")]
-def one(i):
-    total = 0
-    for name, body in [("signed.pdf", data)] + [("small%d" % k, b) for k, b in enumerate(smalls)]:
-        key = "boto3/%s/%d/%s" % (rnd, i, name)
-        s3.put_object(Bucket="archive", Key=key, Body=body, ContentType="application/octet-stream",
-                      Metadata={"sha256": "x"})
-        assert s3.head_object(Bucket="archive", Key=key)["ContentLength"] == len(body)
-        total += len(body)
-    return total
-t0 = time.monotonic()
-with ThreadPoolExecutor(par) as ex:
-    total = sum(ex.map(one, range(n)))
-print(time.monotonic() - t0, total)
-PY
-}
+# boto3 ROUND: the independent client uploads the same number and sizes of objects as one round of
+# the worker (bench/boto3_uploads.py), to the same server, PAR at a time; prints seconds and bytes
+boto3() { /usr/bin/python3 "$repo/bench/boto3_uploads.py" "http://127.0.0.1:$s3_port" "$n" "$w_big,$w_small" "$par" "boto3/$1"; }
 
 par=$conc
 

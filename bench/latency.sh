@@ -15,6 +15,9 @@
 # the same run: the round trip of a plain pg_notify from a second session,
 # the double's own answer time for a sign call, and the same path for a
 # request whose last signature comes alone (3 of them, one at a time).
+# Where the S3 server is the limit, the archive phase of the burst (first
+# vollstaendig to last archiviert) is set against boto3 uploading the same
+# objects to the same server (bar: within 1.3x of its time).
 # --tiny: N = 10.  Exits 0 whether or not the bar is met.
 set -euo pipefail
 tiny=0
@@ -30,4 +33,17 @@ printf 'bench/latency.sh: %s requests, last signatures at once; %s cores, %s; fs
 
 PGHOST=$work PGPORT=5432 PGDATABASE=postgres PGUSER=postgres BENCH_PGDATA=$work/data \
 BENCH_PIDS="double=${pids[0]} relay=${pids[1]} s3-server=${pids[2]}" BENCH_DOUBLE="http://127.0.0.1:$double_port" BENCH_N=$n \
-    node "$repo/bench/latency.js"
+    node "$repo/bench/latency.js" | tee "$work/latency.out"
+
+# the archive's share against the S3 server's own speed: boto3 uploads the
+# same objects (N requests, the sizes archived) to the same server, as many
+# in flight as the worker may have (bench/boto3_uploads.py)
+phase=$(sed -n 's/^archive phase of the [0-9]*: \([0-9]*\) ms.*/\1/p' "$work/latency.out")
+sizes=$(q "SELECT string_agg(s::text, ',') FROM (SELECT round(avg(size))::int AS s FROM qes_sign.archive_objects o
+            JOIN qes_sign.signatur_anfragen a ON a.id = o.request_id WHERE a.title LIKE 'Latenz %' GROUP BY kind ORDER BY kind) x")
+read -r b_secs b_bytes <<<"$(/usr/bin/python3 "$repo/bench/boto3_uploads.py" "http://127.0.0.1:$s3_port" "$n" "$sizes" \
+                             "$(q 'SHOW qes_sign.max_concurrency')" boto3)"
+awk -v p="$phase" -v b="$b_secs" -v n="$n" -v s="$sizes" 'BEGIN {
+    printf "baseline: boto3 uploads the same %d x 4 objects (bytes %s), PUT + HEAD: %.0f ms\n", n, s, b * 1000
+    printf "archive phase %.0f ms (fetch from Skribble included) = %.2f x boto3   bar <= 1.3x: %s\n", p, p / (b * 1000), (p / (b * 1000) <= 1.3 ? "met" : "MISSED")
+}'

@@ -15,6 +15,8 @@ runs=()
 for s in "${scripts[@]}"; do
     if [ "$s" = worker_calls.sh ] && [ "${1:-}" != --tiny ]; then
         runs+=("worker_calls.sh 1000" "worker_calls.sh 10000" "worker_calls.sh 100000")
+    elif [ "$s" = memory.sh ] && [ "${1:-}" != --tiny ]; then
+        runs+=("memory.sh 10000 100000")
     else
         runs+=("$s")
     fi
@@ -30,7 +32,7 @@ for r in "${runs[@]}"; do
         failed=$((failed + 1))
     fi
     # result lines are "<name>: <figure>"
-    grep -E 'bar|baseline|ceiling' "$out.$s" | sed "s|^|$s: |" >> "$out" || true
+    grep -E 'bar|baseline|ceiling|of which' "$out.$s" | sed "s|^|$s: |" >> "$out" || true
     rm -f "$out.$s"
 done
 echo

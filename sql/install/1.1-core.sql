@@ -1328,7 +1328,8 @@ BEGIN
     LOOP
         IF item.kind = 'archive' THEN
             taken := 0;
-            FOR call IN SELECT * FROM _archive_calls(item, 1 + spare) LOOP
+            -- (after a failure, one object at a time until S3 answers again)
+            FOR call IN SELECT * FROM _archive_calls(item, CASE WHEN item.failures > 0 THEN 1 ELSE 1 + spare END) LOOP
                 RETURN NEXT call;
                 taken := taken + 1;
             END LOOP;
@@ -1547,8 +1548,11 @@ BEGIN
         PERFORM _archive_finish(w, r);
         RETURN;
     END IF;
-    -- the objects' leases stand for the item's: it may be claimed again for another object
-    UPDATE work_items SET leased_until = NULL WHERE id = w.id;
+    -- the objects' leases stand for the item's: it may be claimed again for
+    -- another object; not after a failure (one probe at a time)
+    IF w.failures = 0 THEN
+        UPDATE work_items SET leased_until = NULL WHERE id = w.id;
+    END IF;
     FOR g IN UPDATE archive_staging x SET leased_until = clock() + interval '10 minutes'
               WHERE (x.request_id, x.kind) IN (
                     SELECT y.request_id, y.kind FROM archive_staging y
@@ -1663,6 +1667,27 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, qes_sign, pg_temp AS $$
                       'seq', l.seq, 'at', _iso(l.at), 'event', l.event, 'actor', l.actor,
                       'detail', l.detail, 'hash', encode(l.hash, 'hex')) ORDER BY l.seq)
                     FROM audit_log l WHERE l.request_id = r.id))), 'UTF8')
+$$;
+
+-- _refused_for_good: a provider refused a call for good; the caller has
+-- finished the work item.  A withdraw: most likely the request is no longer
+-- open there, and its state tells what happened.  Any other call about the
+-- request itself (a create, a corrupt PDF) ends it, with the provider's
+-- reason in the audit trail (event).
+CREATE FUNCTION _refused_for_good(w work_items, provider text, withdrawing boolean, http_status int,
+                                  message text, detail jsonb, event text) RETURNS text
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF withdrawing THEN
+        PERFORM _emit(w.request_id, w.kind || '_failed', detail);
+        PERFORM _enqueue(w.request_id, 'refresh');
+    ELSE
+        PERFORM _emit(w.request_id, event, detail);
+        PERFORM _transition(w.request_id, 'abgebrochen',
+                            format('rejected by %s: %s (HTTP %s)', initcap(provider), message, http_status));
+    END IF;
+    RETURN 'failed';
+END
 $$;
 
 -------------------------------------------------------------------------------

@@ -227,17 +227,13 @@ BEGIN
     WHEN 'remind' THEN
         PERFORM _emit(w.request_id, 'remind_failed', detail || jsonb_build_object('reason',
             CASE WHEN key = 'error.rate_limit.reminder' THEN 'reminder limit reached' ELSE message END));
-    WHEN 'withdraw' THEN
-        -- most likely no longer open at Skribble: its state tells what happened
-        PERFORM _emit(w.request_id, w.kind || '_failed', detail);
-        PERFORM _enqueue(w.request_id, 'refresh');
     WHEN 'delete_signer' THEN
         PERFORM _replace_refused(w, detail);
     ELSE
-        -- Skribble refused the request itself (e.g. 406 for a corrupt PDF)
-        PERFORM _emit(w.request_id, 'skribble_error', detail || jsonb_build_object('call', call_kind));
-        PERFORM _transition(w.request_id, 'abgebrochen',
-                            format('rejected by Skribble: %s (HTTP %s)', message, http_status));
+        -- a withdraw, or the request itself (e.g. 406 for a corrupt PDF)
+        PERFORM _refused_for_good(w, 'skribble', call_kind = 'withdraw', http_status, message,
+                                  detail || CASE WHEN call_kind <> 'withdraw' THEN jsonb_build_object('call', call_kind)
+                                              ELSE '{}' END, 'skribble_error');
     END CASE;
     RETURN 'failed';
 END

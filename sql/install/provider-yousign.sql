@@ -527,16 +527,12 @@ BEGIN
     WHEN 'remind' THEN      -- this signer is not waiting any more: the next one
         RETURN _again(w.id, '0', jsonb_build_object('reminded',
             coalesce(w.payload -> 'reminded', '[]') || to_jsonb(split_part(call_kind, ':', 2))));
-    WHEN 'withdraw' THEN    -- no longer ongoing at Yousign: its state tells what happened
+    ELSE                    -- a cancel, or a create step
         PERFORM _finish(w.id, 'failed', format('HTTP %s: %s', http_status, message));
-        PERFORM _emit(w.request_id, w.kind || '_failed', detail);
-        PERFORM _enqueue(w.request_id, 'refresh');
-    ELSE
-        PERFORM _finish(w.id, 'failed', format('HTTP %s: %s', http_status, message));
-        PERFORM _emit(w.request_id, 'provider_error', detail || '{"provider": "yousign"}');
-        PERFORM _transition(w.request_id, 'abgebrochen',
-                            format('rejected by Yousign: %s (HTTP %s)', message, http_status));
-        IF w.payload ? 'draft' THEN
+        PERFORM _refused_for_good(w, 'yousign', step = 'withdraw', http_status, message,
+                                  detail || CASE WHEN step <> 'withdraw' THEN '{"provider": "yousign"}'::jsonb
+                                              ELSE '{}' END, 'provider_error');
+        IF step <> 'withdraw' AND w.payload ? 'draft' THEN
             PERFORM _yousign_discard(w.request_id, jsonb_build_array(w.payload -> 'draft'));
         END IF;
     END CASE;
