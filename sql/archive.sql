@@ -71,8 +71,13 @@ SELECT regress.answer(regress.uuid(401), 'put:protocol_json', 403,
     '<?xml version="1.0" encoding="UTF-8"?><Error><Code>SignatureDoesNotMatch</Code><Message>The request signature we calculated does not match the signature you provided.</Message></Error>');
 SELECT status FROM qes_sign.signatur_anfragen WHERE id = regress.uuid(401);
 SELECT kind, attempts, last_error FROM qes_sign.request_errors WHERE request_id = regress.uuid(401);
+-- the other three fail too (S3 unavailable); after a failure one object
+-- goes at a time (the smallest), until S3 answers again
+SELECT k, regress.answer(regress.uuid(401), 'put:' || k, 503, '')
+  FROM unnest(ARRAY['protocol_pdf', 'record_json', 'signed_pdf']) k;
 SELECT qes_sign._config_reloaded();
 SELECT c.kind FROM qes_sign._claim(10) c;
+SELECT count(*) AS claimed_while_the_probe_is_out FROM qes_sign._claim(10);
 
 -- 4. every object up and verified: archived in the same transaction
 CREATE FUNCTION regress.upload_all(id uuid) RETURNS SETOF text LANGUAGE plpgsql AS $$

@@ -1558,7 +1558,9 @@ BEGIN
                     SELECT y.request_id, y.kind FROM archive_staging y
                      WHERE y.request_id = r.id AND y.verified_at IS NULL
                        AND (y.leased_until IS NULL OR y.leased_until < clock())
-                     ORDER BY y.size DESC, y.kind LIMIT greatest(room, 1))
+                     -- the largest first; a probe after a failure is the smallest
+                     ORDER BY CASE WHEN w.failures > 0 THEN y.size ELSE -y.size END, y.kind
+                     LIMIT greatest(room, 1))
              RETURNING x.kind, x.key, x.content_type, x.stored_at IS NOT NULL AS stored,
                        x.sha256, coalesce(x.md5, decode(md5(x.content), 'hex')) AS md5 LOOP
         IF g.stored THEN
