@@ -263,3 +263,13 @@ SELECT request_id = regress.uuid(303) AS given_up, kind, attempts, last_error
 -- (valgrind found libcurl reading past an empty datum before)
 SELECT qes_sign._url_escape(''), qes_sign._url_escape('Mietvertrag Eppendorfer Landstraße 42/2.OG'),
        qes_sign._url_escape('a&b=c?d#e');
+
+-- _next_due: with nothing queued there is no due time (the worker then
+-- waits a tick; a 0 had it claim every 10 ms while idle); with an item
+-- queued, the milliseconds until it is due
+UPDATE qes_sign.work_items SET state = 'done' WHERE state = 'pending';
+SELECT qes_sign._next_due() AS nothing_queued;
+SELECT regress.request(regress.uuid(314));
+UPDATE qes_sign.work_items SET due_at = qes_sign.clock() + interval '2 seconds' WHERE request_id = regress.uuid(314);
+SELECT qes_sign._next_due() BETWEEN 1000 AND 2000 AS due_in_2_s;
+UPDATE qes_sign.work_items SET state = 'done' WHERE request_id = regress.uuid(314);
