@@ -338,12 +338,14 @@ qes_sign_reject(PG_FUNCTION_ARGS)
 }
 
 /*
- * qes_sign_wake wakes the workers now.
+ * qes_sign_wake wakes the workers now, and again when the caller commits:
+ * work queued in the same transaction is visible to them only then.
  */
 Datum
 qes_sign_wake(PG_FUNCTION_ARGS)
 {
 	qes_wake_workers();
+	qes_wake_at_commit();
 	PG_RETURN_VOID();
 }
 

@@ -45,6 +45,10 @@ BEGIN
 END
 $$;
 
+-- wake() in a transaction that queued work wakes the workers again at its
+-- commit (before it, they cannot see that work yet)
+COMMENT ON FUNCTION wake() IS 'Wakes the background workers now, and again when the calling transaction commits';
+
 -------------------------------------------------------------------------------
 -- The provider boundary: each request names its trust service, and the
 -- provider's ids and raw statuses live in neutral columns (Skribble's are
