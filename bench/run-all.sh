@@ -32,7 +32,7 @@ for r in "${runs[@]}"; do
         failed=$((failed + 1))
     fi
     # result lines are "<name>: <figure>"
-    grep -E 'bar|baseline|ceiling|of which' "$out.$s" | sed "s|^|$s: |" >> "$out" || true
+    grep -E 'bar|baseline|ceiling|of which|^after +[0-9]+ lifecycles' "$out.$s" | sed "s|^|$s: |" >> "$out" || true
     rm -f "$out.$s"
 done
 echo
