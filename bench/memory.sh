@@ -12,7 +12,7 @@
 # reads the worker's /proc/<pid>/status (VmRSS, and RssAnon: private memory,
 # without the shared buffers it touched) and has the worker log its memory
 # contexts (pg_log_backend_memory_contexts), parsed from the server log.
-# Prints RSS at each point, the growth N1 -> N2 (bar: < 5 MB), and every
+# Prints RSS at each point, the growth N1 -> N2 (bar: RssAnon < 5 MB), and every
 # memory context whose size or count changed after the warm-up.
 # --tiny: warm-up 10, N1 = 25, N2 = 50.  Exits 0 whether or not the bar is met.
 set -euo pipefail
@@ -159,7 +159,7 @@ async function main() {
   const [pw, p1, p2] = points;
   const grow = p2.status.VmRSS - p1.status.VmRSS;
   const growAnon = p2.status.RssAnon - p1.status.RssAnon;
-  console.log(`VmRSS growth N1 -> N2 (${p1.done} -> ${p2.done}): ${MB(grow)} MB   bar < 5 MB: ${grow < 5 * 1048576 ? 'met' : 'MISSED'}`);
+  console.log(`VmRSS growth N1 -> N2 (${p1.done} -> ${p2.done}): ${MB(grow)} MB (no bar: it counts the shared buffers the worker touched)`);
   console.log(`RssAnon growth N1 -> N2: ${MB(growAnon)} MB   bar < 5 MB: ${growAnon < 5 * 1048576 ? 'met' : 'MISSED'}   ` +
               `(the worker's private memory; the rest of VmRSS growth, RssShmem ${MB(p2.status.RssShmem - p1.status.RssShmem)} MB, ` +
               `is shared buffers it touched, bounded by shared_buffers)`);
