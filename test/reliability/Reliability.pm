@@ -29,7 +29,7 @@ use PostgreSQL::Test::Cluster;
 our @EXPORT = qw(full scaled rpsql rcreate rsign count_where new_uuid rnode sign_in_batches fixture_node
   creates_per_request start_killer finish_killer log_deaths counts_line bucket_check status_counts
   provider provider_name start_provider set_latency created_at_double exactly_once exactly_once_ok
-  once_counts api_faults api_fault_kinds failover_faults recorded_where lookup_key save_stats);
+  once_counts outcome_counts api_faults api_fault_kinds failover_faults recorded_where lookup_key save_stats);
 
 # full(): true with QES_SCALE=full (the issue's numbers); else the reduced scale.
 sub full { return (($ENV{QES_SCALE} // '') eq 'full') ? 1 : 0; }
@@ -155,6 +155,16 @@ sub once_counts
 		created_twice => $o->{created_twice},
 		defined $o->{activated_twice} ? (activated_twice => $o->{activated_twice}) : (),
 		not_created_exactly_once => $o->{not_once});
+}
+
+# outcome_counts(double, exactly_once hash, requests, archived): the COUNTS
+# entries every lifecycle suite starts with: provider, requests, archived,
+# the exactly-once counts, lost
+sub outcome_counts
+{
+	my ($d, $o, $n, $archived) = @_;
+	return (provider => provider(), requests => $n, archived => $archived,
+		once_counts($d, $o), lost => $n - $archived);
 }
 
 # api_faults(double, seed): r02's fault mix, about 20 % of the calls.

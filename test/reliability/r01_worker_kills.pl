@@ -82,11 +82,7 @@ note("crash reinitializations of the postmaster after the kills: $reinit");
 my $ops = ops($node);
 
 counts_line('r01_worker_kills',
-	provider => provider(),
-	requests => $n,
-	archived => count_where($node, "status = 'archiviert' AND id IN ($list)"),
-	once_counts($d, $once),
-	lost => $n - count_where($node, "status = 'archiviert' AND id IN ($list)"),
+	outcome_counts($d, $once, $n, count_where($node, "status = 'archiviert' AND id IN ($list)")),
 	faults_injected => 0,
 	worker_kills => scalar(@k),
 	kills_while_open => $during,

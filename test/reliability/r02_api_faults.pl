@@ -94,11 +94,7 @@ is(scalar(@$deaths) + $panic, 0, 'no process terminated by a signal, no PANIC');
 diag($_->[2]) for @$deaths;
 
 counts_line('r02_api_faults',
-	provider => provider(),
-	requests => $n,
-	archived => count_where($node, "status = 'archiviert' AND id IN ($list)"),
-	once_counts($d, $once),
-	lost => $n - count_where($node, "status = 'archiviert' AND id IN ($list)"),
+	outcome_counts($d, $once, $n, count_where($node, "status = 'archiviert' AND id IN ($list)")),
 	faults_injected => $injected,
 	(map { ("faults_$_" => $fi->{$_}) } sort keys %$fi),
 	api_calls_at_double => $st->{total_calls},

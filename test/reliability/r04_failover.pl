@@ -138,11 +138,7 @@ diag($_->[2]) for @$deaths;
 
 my $archived = count_where($standby, "status = 'archiviert' AND id IN ($list)");
 counts_line('r04_failover',
-	provider => provider(),
-	requests => $n,
-	archived => $archived,
-	once_counts($d, $once),
-	lost => $n - $archived,
+	outcome_counts($d, $once, $n, $archived),
 	replication => $sync ? 'sync' : 'async',
 	signed_before_failover => scalar(@signed),
 	calls_in_flight_at_failover => $in_flight,

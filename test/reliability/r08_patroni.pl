@@ -421,11 +421,7 @@ my (undef, $topology) = patronictl($leader, 'list');
 note("patronictl list:\n$topology");
 
 counts_line('r08_patroni',
-	provider => provider(),
-	requests => $n,
-	archived => $archived,
-	once_counts($d, $once),
-	lost => $n - $archived,
+	outcome_counts($d, $once, $n, $archived),
 	switchovers => 1,
 	failovers => 1,
 	calls_from_replica => $calls_from_replica,
