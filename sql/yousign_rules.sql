@@ -9,7 +9,7 @@
 UPDATE qes_sign.work_items SET state = 'done' WHERE state = 'pending';
 CREATE EXTENSION IF NOT EXISTS pgcrypto;
 -- (the internal functions run on the worker's and the API's search_path)
-SET search_path = pg_catalog, qes_sign, public;
+SET search_path = pg_catalog, qes_sign, public, pg_temp;
 
 -- regress.ycall: what the worker sends now for one request (ids masked)
 CREATE FUNCTION regress.ycall(p_id uuid) RETURNS TABLE (kind text, method text, path text, body jsonb, form text[])

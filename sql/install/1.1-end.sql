@@ -38,9 +38,10 @@ DO $$
 DECLARE
     f regprocedure;
 BEGIN
-    FOR f IN SELECT p.oid FROM pg_proc p
+    -- (the functions 1.0 pinned; the same test as sql/security.sql's)
+    FOR f IN SELECT DISTINCT p.oid FROM pg_proc p, unnest(p.proconfig) c
               WHERE p.pronamespace = 'qes_sign'::regnamespace
-                AND p.proconfig @> ARRAY['search_path=pg_catalog, qes_sign'] LOOP
+                AND c LIKE 'search\_path=%' AND c !~ ', *pg_temp$' LOOP
         EXECUTE format('ALTER FUNCTION %s SET search_path = pg_catalog, qes_sign, pg_temp', f);
     END LOOP;
 END
