@@ -146,7 +146,7 @@ s3_sign(QesCall *call, struct curl_slist *h)
 {
 	unsigned char sha[QES_SHA256_LEN];
 	unsigned char md5[16];
-	char	   *hex = palloc(2 * QES_SHA256_LEN + 1);
+	char	   *hex;
 	char	   *sigv4 = psprintf("aws:amz:%s:s3", qes_s3_region);
 
 	curl_easy_setopt(call->easy, CURLOPT_AWS_SIGV4, sigv4);
@@ -157,7 +157,8 @@ s3_sign(QesCall *call, struct curl_slist *h)
 	pfree(sigv4);
 
 	if (qes_call_has_header(call, "x-amz-content-sha256"))
-		return h;
+		return h;				/* the staged digests came with the call */
+	hex = palloc(2 * QES_SHA256_LEN + 1);
 	qes_sha256(call->body ? call->body : "", call->body ? call->body_len : 0, sha);
 	hex_encode((char *) sha, QES_SHA256_LEN, hex);
 	hex[2 * QES_SHA256_LEN] = '\0';
